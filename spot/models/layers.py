@@ -1,0 +1,270 @@
+"""Building blocks of T5 in Flax linen, numerically matching T5X / flaxformer.
+
+Every parameter is created with `nn.with_logical_partitioning` so that
+`nn.get_partition_spec(variables)` yields the logical axis names that
+`spot.partitioning` maps onto a ('data', 'model') mesh. Main activations carry
+`nn.with_logical_constraint`, a no-op outside a mesh context.
+
+Numerics (REFERENCE.md section 2): RMSNorm in float32 with eps 1e-6, no
+1/sqrt(head_dim) at run time (folded into the query init), relative position
+buckets computed in numpy float32, logits in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+NEG_INF = -1e10
+
+
+def constrain(x: Array, axes: Sequence[Optional[str]]) -> Array:
+  """Annotates an activation with logical axis names (no-op without a mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  if name == "linear":
+    return lambda x: x
+  if name == "gelu":
+    return functools.partial(jax.nn.gelu, approximate=True)  # flax `nn.gelu`, HF gelu_new
+  if name == "gelu_exact":
+    return functools.partial(jax.nn.gelu, approximate=False)
+  if name == "relu":
+    return jax.nn.relu
+  if name == "silu":
+    return jax.nn.silu
+  raise ValueError(f"Unknown MLP activation {name!r}; use gelu, gelu_exact, relu, silu or linear.")
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    x32 = jnp.asarray(x, jnp.float32)
+    var = jnp.mean(lax.square(x32), axis=-1, keepdims=True)
+    y = jnp.asarray(x32 * lax.rsqrt(var + self.epsilon), self.dtype)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (features,), jnp.float32)
+    return y * jnp.asarray(scale, self.dtype)
+
+
+class Dense(nn.Module):
+  """Bias-free dense layer with a 2-D float32 kernel stored [in, out]."""
+
+  features: int
+  kernel_axes: tuple[str, str]
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+                        (x.shape[-1], self.features), jnp.float32)
+    x = jnp.asarray(x, self.dtype)
+    kernel = jnp.asarray(kernel, self.dtype)
+    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding shared by encoder and decoder; `attend` gives tied logits."""
+
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+        (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, ids: Array) -> Array:
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"Embed expects integer token ids, got dtype {ids.dtype}.")
+    # A gather equals T5X's one-hot matmul exactly and avoids a [B, L, V] tensor.
+    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+  def attend(self, query: Array) -> Array:
+    """Logits against the embedding table, in float32 (T5X attend_dtype)."""
+    q = jnp.asarray(query, jnp.float32)
+    return jnp.dot(q, jnp.asarray(self.embedding, jnp.float32).T)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> np.ndarray:
+  """Maps relative positions (memory - query) to buckets as flaxformer does.
+
+  Computed in numpy float32 with int32 truncation, which fixes the exact
+  bucket boundaries checkpoints were trained with.
+  """
+  ret = np.zeros_like(relative_position, dtype=np.int32)
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide="ignore"):
+    val_if_large = max_exact + (
+        np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+        / np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  ret += np.where(is_small, n, val_if_large)
+  return ret
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-stack relative position bias table `rel_embedding` [heads, buckets]."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
+    """Returns the bias [1, heads, qlen, klen]."""
+    context = np.arange(qlen, dtype=np.int32)[:, None]
+    memory = np.arange(klen, dtype=np.int32)[None, :]
+    buckets = relative_position_bucket(memory - context, bidirectional,
+                                       self.num_buckets, self.max_distance)
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
+        (self.num_heads, self.num_buckets), jnp.float32)
+    table = jnp.asarray(table, self.dtype)
+    bias = jnp.take(table, jnp.asarray(buckets), axis=1)  # [H, q, k]
+    return bias[None]
+
+
+def attention_bias(mask: Optional[Array], bias: Optional[Array], dtype) -> Optional[Array]:
+  """Combines a boolean mask [B, 1|H, q, k] and an additive bias into one bias."""
+  out = None
+  if mask is not None:
+    out = lax.select(mask > 0, jnp.zeros(mask.shape, dtype), jnp.full(mask.shape, NEG_INF, dtype))
+  if bias is not None:
+    out = bias.astype(dtype) if out is None else out + bias.astype(dtype)
+  return out
+
+
+def make_attention_mask(query_valid: Array, key_valid: Array) -> Array:
+  """[B, q] x [B, k] validity -> [B, 1, q, k] boolean mask."""
+  return (query_valid[:, :, None] & key_valid[:, None, :])[:, None]
+
+
+def make_causal_mask(length: int) -> Array:
+  idx = jnp.arange(length)
+  return (idx[None, :] <= idx[:, None])[None, None]
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention with kernels stored [D, H*K] and an optional decode cache.
+
+  In decode mode the first call (with a full-length input) only creates the
+  `cache` collection: `cached_key`/`cached_value` [B, L, H, K] and
+  `cache_index`. Later calls take one position and attend to the cache.
+  """
+
+  num_heads: int
+  head_dim: int
+  dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
+  float32_logits: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
+               bias: Optional[Array] = None, *, decode: bool = False,
+               deterministic: bool = True) -> Array:
+    joined = self.num_heads * self.head_dim
+    dense = functools.partial(Dense, features=joined, kernel_axes=("embed", "joined_kv"),
+                              dtype=self.dtype, kernel_init=attention_kernel_init)
+    b = inputs_q.shape[0]
+    heads = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    query = heads(dense(name="query")(inputs_q))
+    key = heads(dense(name="key")(inputs_kv))
+    value = heads(dense(name="value")(inputs_kv))
+    query = constrain(query, ("batch", "length", "heads", "kv"))
+    key = constrain(key, ("batch", "length", "heads", "kv"))
+    value = constrain(value, ("batch", "length", "heads", "kv"))
+
+    if decode:
+      initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if initialized:
+        length = cached_key.value.shape[1]
+        if query.shape[1] != 1:
+          raise ValueError(
+              f"Decode step expects one position per call, got query length {query.shape[1]}.")
+        cur = cache_index.value
+        key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                       (0, cur, 0, 0))
+        value = lax.dynamic_update_slice(cached_value.value,
+                                         value.astype(cached_value.value.dtype), (0, cur, 0, 0))
+        cached_key.value = key
+        cached_value.value = value
+        cache_index.value = cur + 1
+        step_mask = (jnp.arange(length) <= cur)[None, None, None, :]
+        step_mask = jnp.broadcast_to(step_mask, (b, 1, 1, length))
+        mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
+        if bias is not None:
+          bias = lax.dynamic_slice_in_dim(bias, cur, 1, axis=-2)
+
+    attn_bias = attention_bias(mask, bias, self.dtype)
+    if self.float32_logits:
+      query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+    if attn_bias is not None:
+      logits = logits + attn_bias.astype(logits.dtype)
+    weights = jax.nn.softmax(logits).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0.0:
+      weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+    out = out.reshape(out.shape[:2] + (joined,))
+    return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"),
+                 dtype=self.dtype, kernel_init=attention_kernel_init, name="out")(out)
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward: `wi` (one activation) or gated `wi_0`, `wi_1`, then `wo`."""
+
+  mlp_dim: int
+  activations: tuple[str, ...] = ("gelu", "linear")
+  dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    hidden = []
+    for idx, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{idx}"
+      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x)
+      hidden.append(get_activation(act)(h))
+    h = functools.reduce(operator.mul, hidden)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)

@@ -1,0 +1,260 @@
+"""The T5 encoder-decoder (T5 1.0, T5 1.1, mT5) with T5X parameter names.
+
+Parameter tree (REFERENCE.md 1.4): `token_embedder/embedding`,
+`encoder/{relpos_bias, layers_i, encoder_norm}`, `decoder/{relpos_bias,
+layers_i, decoder_norm, logits_dense}` so a T5X checkpoint maps on directly.
+
+A prompt enters through `prompt_factory`: a zero-argument callable returning
+a Flax module that the encoder creates under the name `prompt` (so its
+parameters live at `encoder/prompt/...`, as in prompt-tuning). The module is
+called as `prompt(embedded [B, T, D], tokens [B, T], **prompt_inputs)` and
+returns the embedded input with the prompt inserted, [B, P + T, D]. The
+encoder treats the P extra positions as always valid, so attention masks,
+relative positions and the decoder's cross-attention all cover the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spot.models.config import T5Config
+from spot.models import layers as L
+
+Array = jax.Array
+PromptFactory = Callable[[], nn.Module]
+
+
+def _dtype(config: T5Config):
+  return jnp.dtype(config.dtype)
+
+
+def _remat(cls, config: T5Config, static_argnums: tuple[int, ...]):
+  if config.remat_policy == "none":
+    return cls
+  policy = None
+  if config.remat_policy == "minimal":
+    policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+  # Argument 0 is the module itself; `deterministic` and `decode` are static.
+  return nn.remat(cls, policy=policy, static_argnums=static_argnums, prevent_cse=True)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True,
+               decode: bool = False) -> Array:
+    del decode
+    c, dt = self.config, _dtype(self.config)
+    drop = lambda y: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
+    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
+                             c.float32_attention_logits, name="attention")(
+                                 y, y, mask, bias, deterministic=deterministic)
+    x = drop(y) + x
+    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
+    y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
+    x = drop(y) + x
+    return L.constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
+               cross_mask: Array, bias: Array, deterministic: bool = True,
+               decode: bool = False) -> Array:
+    c, dt = self.config, _dtype(self.config)
+    drop = lambda y: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(x)
+    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
+                             c.float32_attention_logits, name="self_attention")(
+                                 y, y, self_mask, bias, decode=decode, deterministic=deterministic)
+    x = drop(y) + x
+    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(x)
+    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
+                             c.float32_attention_logits, name="encoder_decoder_attention")(
+                                 y, encoded, cross_mask, None, deterministic=deterministic)
+    x = drop(y) + x
+    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
+    y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
+    x = drop(y) + x
+    return L.constrain(x, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+  prompt_factory: Optional[PromptFactory] = None
+
+  def setup(self):
+    c = self.config
+    if self.prompt_factory is not None:
+      self.prompt = self.prompt_factory()
+    self.relpos_bias = L.RelativePositionBiases(
+        c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
+        _dtype(c))
+    layer_cls = _remat(EncoderLayer, c, (4, 5))
+    self.layers = [layer_cls(c, name=f"layers_{i}") for i in range(c.num_encoder_layers)]
+    self.encoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
+    self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+    self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+
+  def __call__(self, tokens: Array, deterministic: bool = True,
+               prompt_inputs: Optional[Mapping[str, Array]] = None) -> tuple[Array, Array]:
+    """Returns (encoded [B, S, D], valid [B, S]) where S = prompt length + T."""
+    if tokens.ndim != 2:
+      raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}.")
+    x = self.shared_embedding(tokens.astype(jnp.int32))
+    valid = tokens > 0
+    if self.prompt_factory is not None:
+      x = self.prompt(x, tokens, **dict(prompt_inputs or {}))
+      extra = x.shape[1] - tokens.shape[1]
+      valid = jnp.concatenate([jnp.ones((tokens.shape[0], extra), bool), valid], axis=1)
+    elif prompt_inputs:
+      raise ValueError(
+          f"prompt_inputs {sorted(prompt_inputs)} given to a model built without a prompt; "
+          "build T5(config, prompt_factory=...) to use them.")
+    x = self.input_dropout(x, deterministic=deterministic)
+    x = L.constrain(x, ("batch", "length", "embed"))
+    length = x.shape[1]
+    mask = L.make_attention_mask(valid, valid)
+    bias = self.relpos_bias(length, length, True)
+    for layer in self.layers:
+      x = layer(x, mask, bias, deterministic, False)
+    x = self.encoder_norm(x)
+    return self.output_dropout(x, deterministic=deterministic), valid
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  def setup(self):
+    c = self.config
+    self.relpos_bias = L.RelativePositionBiases(
+        c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
+        _dtype(c))
+    layer_cls = _remat(DecoderLayer, c, (6, 7))
+    self.layers = [layer_cls(c, name=f"layers_{i}") for i in range(c.num_decoder_layers)]
+    self.decoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
+    self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+    self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+    if not c.logits_via_embedding:
+      self.logits_dense = L.Dense(c.vocab_size, ("embed", "vocab"), dtype=jnp.float32)
+
+  def __call__(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array] = None, deterministic: bool = True,
+               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    c = self.config
+    x = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    x = self.input_dropout(x, deterministic=deterministic)
+    x = L.constrain(x, ("batch", "length", "embed"))
+    length = x.shape[1]
+    if decode and length == 1:
+      # One decode step: causal masking comes from the cache index inside
+      # attention, which slices this step's row out of the full-length bias.
+      if max_decode_length is None:
+        raise ValueError("Decoder.decode with a cache needs max_decode_length.")
+      bias = self.relpos_bias(max_decode_length, max_decode_length, False)
+      self_mask = None
+      dec_valid = jnp.ones(decoder_input_tokens.shape, bool)
+    else:
+      # Training / scoring, or the call that builds the cache over the full length.
+      bias = self.relpos_bias(length, length, False)
+      if decode:
+        dec_valid = jnp.ones(decoder_input_tokens.shape, bool)
+        self_mask = L.make_causal_mask(length)
+      else:
+        targets = decoder_input_tokens if decoder_target_tokens is None else decoder_target_tokens
+        dec_valid = targets > 0
+        self_mask = jnp.logical_and(L.make_causal_mask(length),
+                                    L.make_attention_mask(dec_valid, dec_valid))
+    cross_mask = L.make_attention_mask(dec_valid, encoder_valid)
+    for layer in self.layers:
+      x = layer(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    x = self.decoder_norm(x)
+    x = self.output_dropout(x, deterministic=deterministic)
+    if c.logits_via_embedding:
+      logits = self.shared_embedding.attend(x) / np.sqrt(x.shape[-1]).astype(np.float32)
+    else:
+      logits = self.logits_dense(jnp.asarray(x, jnp.float32))
+    return L.constrain(logits, ("batch", "length", "vocab"))
+
+
+class T5(nn.Module):
+  """Encoder-decoder T5 returning float32 logits [batch, target_len, vocab].
+
+  Attributes:
+    config: a `T5Config`.
+    prompt_factory: optional zero-argument callable building the prompt module
+      (see module docstring); its parameters live under `encoder/prompt`.
+  """
+
+  config: T5Config
+  prompt_factory: Optional[PromptFactory] = None
+
+  def setup(self):
+    c = self.config
+    self.token_embedder = L.Embed(c.vocab_size, c.emb_dim, _dtype(c))
+    self.encoder = Encoder(c, self.token_embedder, self.prompt_factory)
+    self.decoder = Decoder(c, self.token_embedder)
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = True,
+             prompt_inputs: Optional[Mapping[str, Array]] = None) -> tuple[Array, Array]:
+    """Returns (encoded [B, S, D], encoder_valid [B, S] bool), prompt included."""
+    return self.encoder(encoder_input_tokens, not enable_dropout, prompt_inputs)
+
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
+             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
+             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    """Decoder logits. With `decode=True` it reads and updates the `cache` collection."""
+    return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
+                        not enable_dropout, decode, max_decode_length)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
+               decode: bool = False, max_decode_length: Optional[int] = None,
+               prompt_inputs: Optional[Mapping[str, Array]] = None) -> Array:
+    encoded, valid = self.encode(encoder_input_tokens, enable_dropout, prompt_inputs)
+    return self.decode(encoded, valid, decoder_input_tokens, decoder_target_tokens,
+                       enable_dropout, decode, max_decode_length)
+
+
+def init_params(config: T5Config, rng: Optional[jax.Array] = None,
+                prompt_factory: Optional[PromptFactory] = None,
+                prompt_inputs: Optional[Mapping[str, Any]] = None) -> dict:
+  """Randomly initialised parameters (unboxed) for `config`."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  model = T5(config, prompt_factory)
+  tokens = jnp.ones((1, 2), jnp.int32)
+  variables = jax.jit(lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False,
+                                           prompt_inputs=prompt_inputs))(rng)
+  return nn.unbox(variables)["params"]
+
+
+def logical_axes(config: T5Config, prompt_factory: Optional[PromptFactory] = None,
+                 prompt_inputs: Optional[Mapping[str, Any]] = None) -> dict:
+  """The parameter tree of logical axis names (PartitionSpecs), without compute."""
+  model = T5(config, prompt_factory)
+  tokens = jnp.ones((1, 2), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False,
+                           prompt_inputs=prompt_inputs), jax.random.PRNGKey(0))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def param_shapes(config: T5Config, prompt_factory: Optional[PromptFactory] = None) -> dict:
+  """The parameter tree of `jax.ShapeDtypeStruct`s for `config`, without compute."""
+  model = T5(config, prompt_factory)
+  tokens = jnp.ones((1, 2), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False),
+      jax.random.PRNGKey(0))
+  return nn.unbox(abstract)["params"]
