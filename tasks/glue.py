@@ -1,0 +1,1 @@
+"""Registrations for glue (being written)."""

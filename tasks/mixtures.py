@@ -1,0 +1,1 @@
+"""Registrations for mixtures (being written)."""

@@ -1,0 +1,1 @@
+"""Registrations for superglue (being written)."""

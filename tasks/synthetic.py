@@ -1,0 +1,1 @@
+"""Registrations for synthetic (being written)."""

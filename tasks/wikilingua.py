@@ -1,0 +1,1 @@
+"""Registrations for wikilingua (being written)."""
