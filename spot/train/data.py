@@ -1,0 +1,110 @@
+"""SeqIO datasets for training, evaluation and inference.
+
+`DatasetConfig` mirrors T5X's `utils.DatasetConfig`. `PromptFeatureConverter`
+is SeqIO's unpacked encoder-decoder converter that also carries the scalar
+per-example prompt features (`prompt_id`, `language_id`, `task_id`) and knows
+the prompt length, so the encoder sees `prompt_length + inputs` positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from spot.train.models import PROMPT_FEATURES
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """Which SeqIO task or mixture to read and how to batch it."""
+
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = "train"
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 0
+  use_cached: bool = False
+  module: Optional[str] = None
+
+
+class PromptFeatureConverter(seqio.EncDecFeatureConverter):
+  """Unpacked enc-dec conversion plus scalar prompt features.
+
+  Args:
+    prompt_length: positions the model's prompt adds in front of the inputs
+      (reported by `encoder_length`; the token features are unaffected).
+    pack: must be False: a prompt is prepended per example, so packing several
+      examples into one row would give all but the first no prompt.
+  """
+
+  def __init__(self, prompt_length: int = 0, pack: bool = False, **kwargs):
+    if pack:
+      raise ValueError("Packing is not supported with prompts: every example needs its own "
+                       "prompt prefix. Use pack=False.")
+    super().__init__(pack=False, **kwargs)
+    self.prompt_length = prompt_length
+
+  def _convert_example(self, features):
+    d = super()._convert_example(features)
+    for name in PROMPT_FEATURES:
+      if name in features:
+        d[name] = tf.cast(tf.reshape(features[name], []), tf.int32)
+    return d
+
+  def encoder_length(self, task_feature_lengths: Mapping[str, int]) -> int:
+    return self.prompt_length + int(task_feature_lengths["inputs"])
+
+
+def get_task(name: str, module: Optional[str] = None) -> seqio.Task | seqio.Mixture:
+  """Looks up a task or mixture, importing `module` (and spot.tasks) first."""
+  import importlib
+  if module:
+    importlib.import_module(module)
+  import spot.tasks  # noqa: F401  registers spot's tasks
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+    close = [k for k in known if name.split("_")[-1] in k][:10]
+    raise ValueError(f"Unknown task or mixture {name!r} (MIXTURE_OR_TASK_NAME). Similar: "
+                     f"{close or known[:10]}. Import the module that registers it with "
+                     f"MIXTURE_OR_TASK_MODULE.") from e
+
+
+def get_dataset(cfg: DatasetConfig, converter: seqio.FeatureConverter, *,
+                shard_index: int = 0, num_shards: int = 1, num_epochs: Optional[int] = None,
+                drop_remainder: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
+  """A batched dataset of model features for this host's shard.
+
+  The order is a function of `cfg.seed` only, so a resumed run that skips the
+  batches it already consumed sees exactly the batches it would have seen.
+  """
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
+                     "data shards (hosts); choose a multiple.")
+  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  ds = task.get_dataset(sequence_length=dict(cfg.task_feature_lengths), split=cfg.split,
+                        use_cached=cfg.use_cached, shuffle=cfg.shuffle, seed=cfg.seed,
+                        shard_info=seqio.ShardInfo(shard_index, num_shards),
+                        num_epochs=num_epochs)
+  ds = converter(ds, dict(cfg.task_feature_lengths))
+  ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return ds.prefetch(2)
+
+
+def iterate(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
+  """numpy batches; an empty dataset fails with a clear error."""
+  seen = False
+  for batch in ds.as_numpy_iterator():
+    seen = True
+    yield batch
+  if not seen:
+    raise ValueError(f"Dataset {what} is empty: check the split name, the data directory and "
+                     "that examples fit TASK_FEATURE_LENGTHS.")

@@ -1,0 +1,78 @@
+"""Building a run's parameters: frozen base weights plus freshly initialised prompts.
+
+The base model comes from a T5X checkpoint (INITIAL_CHECKPOINT_PATH) or, only
+when asked for explicitly with "random", from a seeded random init. Prompt
+parameters are initialised by the prompt module alone, so a prompt run never
+materialises a random copy of the (possibly XXL) base model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from spot.train.models import EncoderDecoderModel
+
+RANDOM_INIT = "random"
+
+
+def load_base_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional[str],
+                     seed: int = 0) -> dict:
+  """Frozen base parameters (numpy), without any prompt parameters.
+
+  Args:
+    model: the model (its config is used to check every shape).
+    initial_checkpoint_path: a T5X checkpoint directory (local or gs://), or
+      "random" for a seeded random init (tests, demos).
+    seed: used only for "random".
+  """
+  if not initial_checkpoint_path:
+    raise ValueError("INITIAL_CHECKPOINT_PATH is required: the frozen base model's T5X "
+                     "checkpoint (or 'random' for a randomly initialised model).")
+  if initial_checkpoint_path == RANDOM_INIT:
+    bare = EncoderDecoderModel(model.config)
+    params = jax.jit(bare.init_params)(jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(np.asarray, params)
+  from spot.checkpoints import load_t5x
+  return load_t5x(initial_checkpoint_path, model.config)
+
+
+def init_prompt_params(model: EncoderDecoderModel, rng: jax.Array) -> dict:
+  """Parameters of the prompt module only, nested under `encoder/prompt`."""
+  if model.prompt is None:
+    return {}
+  module = model.prompt()
+  d = model.config.emb_dim
+  inputs = {n: jnp.zeros((1,), jnp.int32) for n in model.prompt_input_names}
+  variables = module.init(rng, jnp.zeros((1, 1, d), jnp.float32), jnp.ones((1, 1), jnp.int32),
+                          **inputs)
+  return {"encoder": {"prompt": nn.unbox(variables)["params"]}}
+
+
+def merge_trees(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
+  """Adds `extra` leaves to `base`; a path present in both is an error."""
+  flat = dict(traverse_util.flatten_dict(dict(base), sep="/"))
+  for k, v in traverse_util.flatten_dict(dict(extra), sep="/").items():
+    if k in flat:
+      raise ValueError(f"Parameter {k} would be initialised twice (checkpoint and prompt).")
+    flat[k] = v
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional[str],
+                   seed: int = 0) -> dict:
+  """Base parameters with the prompt's initial value added."""
+  base = load_base_params(model, initial_checkpoint_path, seed)
+  flat = traverse_util.flatten_dict(dict(base), sep="/")
+  prompt_keys = [k for k in flat if k.startswith("encoder/prompt/")]
+  if prompt_keys and model.prompt is not None:
+    # A prompt-tuned T5X checkpoint: keep its prompt (eval/infer of T5X runs).
+    return base
+  base = {k: v for k, v in flat.items() if k not in prompt_keys}
+  prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+  return merge_trees(traverse_util.unflatten_dict(base, sep="/"), prompt)
