@@ -1,0 +1,316 @@
+"""`spot library --library PATH <command>`: the prompt library from the shell.
+
+Commands: add, list, show, query, remove, export, import, heatmap, check.
+`--json` on any command prints machine-readable output: `list` a JSON list of
+entries (name, model, task, prompt_shape, ...), `query` a JSON list of
+{"name", "score"} best first. Errors print one line naming the fix and exit 1;
+skipped corrupt entries are reported as warnings on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+import numpy as np
+from etils import epath
+
+from spot.library import archive, fs, retrieval, similarity, sources, transfer
+from spot.library.entry import ModelInfo, Provenance, encode_array
+from spot.library.errors import LibraryError, LibraryWarning
+from spot.library.store import PromptLibrary
+
+PROG = "spot library"
+
+
+def _key_value(text: str) -> tuple[str, str]:
+  key, sep, value = text.partition("=")
+  if not sep or not key:
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+  return key, value
+
+
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--library", default=argparse.SUPPRESS, metavar="PATH",
+                      help="library root (local folder or gs://...)")
+  common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print JSON instead of text")
+  parser = argparse.ArgumentParser(prog=PROG, parents=[common],
+                                   description="The SPoT prompt library.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  def command(name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=[common], help=help_, description=help_)
+
+  p = command("add", "add a source prompt with its task embeddings")
+  p.add_argument("name", metavar="NAME")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--prompt", metavar="FILE.npy", help="the prompt [P, D] as a .npy file")
+  src.add_argument("--from-model-dir", metavar="DIR",
+                   help="a run's model_dir: the latest numpy_checkpoints/checkpoint_<step>")
+  src.add_argument("--from-t5x", metavar="CKPT", help="a T5X checkpoint directory")
+  p.add_argument("--variable", default=sources.DEFAULT_VARIABLE,
+                 help="prompt variable path (default %(default)s)")
+  p.add_argument("--step", type=int, help="with --from-model-dir: this step, not the latest; "
+                 "otherwise: the step recorded in the provenance")
+  p.add_argument("--embedding", action="extend", nargs="+", default=[],
+                 metavar="[KEY=]FILE.npy",
+                 help="task embeddings [P', D]; KEY defaults to the file stem")
+  p.add_argument("--embedding-step", action="extend", nargs="+", type=int, default=[],
+                 metavar="STEP", help="with --from-model-dir: use the checkpoint at STEP as "
+                 "task embedding 'step_STEP' (SPoT uses an early one, e.g. 10000)")
+  p.add_argument("--model", required=True, help="base model name, e.g. t5_1_1_lm100k_base")
+  p.add_argument("--model-checkpoint", default="", metavar="PATH",
+                 help="the base model's checkpoint path")
+  p.add_argument("--task", default="", help="the SeqIO task or mixture it was trained on")
+  p.add_argument("--metrics", action="extend", nargs="+", type=_key_value, default=[],
+                 metavar="KEY=VALUE", help="validation scores (numbers)")
+  p.add_argument("--meta", action="extend", nargs="+", type=_key_value, default=[],
+                 metavar="KEY=VALUE", help="free-form metadata")
+  p.add_argument("--gin-config", metavar="FILE", help="the run's gin config (default: "
+                 "config.gin of the model_dir, if any)")
+  p.add_argument("--overwrite", action="store_true", help="replace an entry of that name")
+
+  p = command("list", "list the entries")
+  p.add_argument("--model", help="only entries of this base model")
+  p.add_argument("--task", help="only entries of this task")
+
+  p = command("show", "show one entry")
+  p.add_argument("name", metavar="NAME")
+
+  p = command("query", "rank entries by similarity to a target task")
+  q = p.add_mutually_exclusive_group(required=True)
+  q.add_argument("--embedding", metavar="FILE.npy", help="the target task's embedding")
+  q.add_argument("--entry", metavar="NAME", help="use this entry's task embedding")
+  p.add_argument("--model", help="base model (default: the entry's, or the only one)")
+  p.add_argument("--top-k", type=_positive, default=5, metavar="K")
+  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("--init", choices=transfer.METHODS,
+                 help="also write a target initialisation: top1 or weighted_average (SPoT)")
+  p.add_argument("--init-out", metavar="FILE.npy", help="where --init writes the prompt")
+  p.add_argument("--mixture", action="store_true",
+                 help="print the top-k source tasks (for a multi-task mixture) instead")
+  p.add_argument("--target-task", default="", help="with --mixture: append this task")
+
+  p = command("remove", "remove an entry")
+  p.add_argument("name", metavar="NAME")
+
+  p = command("export", "write entries to one portable .tar.gz archive")
+  p.add_argument("file", metavar="FILE")
+  p.add_argument("--entry", action="extend", nargs="+", metavar="NAME",
+                 help="only these entries (default: all)")
+
+  p = command("import", "add the entries of an exported archive")
+  p.add_argument("file", metavar="FILE")
+  p.add_argument("--overwrite", action="store_true", help="replace entries of the same name")
+
+  p = command("heatmap", "PNG of pairwise task similarities, clustered")
+  p.add_argument("--out", required=True, metavar="FILE.png")
+  p.add_argument("--model", help="base model (default: the only one)")
+  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("--entry", action="extend", nargs="+", metavar="NAME",
+                 help="only these entries (default: all of the model)")
+
+  command("check", "verify every entry's files and checksums; exit 1 on problems")
+  return parser
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def _number(key: str, value: str) -> float:
+  try:
+    return float(value)
+  except ValueError:
+    raise LibraryError(f"--metrics {key}={value}: the value must be a number.") from None
+
+
+def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
+  out = []
+  for spec in args.embedding:
+    key, sep, file = spec.partition("=")
+    if not sep:
+      key, file = epath.Path(spec).stem, spec
+    out.append((key, sources.read_npy(file, "--embedding")))
+  if args.embedding_step and not args.from_model_dir:
+    raise LibraryError("--embedding-step needs --from-model-dir DIR.")
+  for step in args.embedding_step:
+    array, _ = sources.model_dir_prompt(args.from_model_dir, step, args.variable)
+    out.append((f"step_{step}", array))
+  return out
+
+
+def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  step, gin_dir = args.step, None
+  if args.prompt:
+    prompt = sources.read_npy(args.prompt, "--prompt")
+  elif args.from_model_dir:
+    prompt, step = sources.model_dir_prompt(args.from_model_dir, args.step, args.variable)
+    gin_dir = args.from_model_dir
+  else:
+    prompt = sources.t5x_prompt(args.from_t5x, args.variable)
+    step = step if step is not None else sources.checkpoint_step(args.from_t5x)
+    gin_dir = str(epath.Path(args.from_t5x).parent)
+  if args.gin_config:
+    gin = epath.Path(args.gin_config).read_text()
+  else:
+    gin = sources.gin_config(gin_dir) if gin_dir else ""
+  entry = lib.add(
+      args.name, prompt,
+      model=ModelInfo(name=args.model, checkpoint=args.model_checkpoint),
+      embeddings=_embeddings(args), task=args.task,
+      metrics={k: _number(k, v) for k, v in args.metrics},
+      provenance=Provenance(gin_config=gin, step=step), meta=dict(args.meta),
+      overwrite=args.overwrite)
+  return entry.summary(), (f"added {entry.name!r}: prompt {_shape(entry.prompt_shape)}, "
+                           f"model {entry.model.name}, embeddings "
+                           f"{', '.join(entry.embedding_keys) or '(the prompt)'}")
+
+
+def _shape(shape: Sequence[int]) -> str:
+  return "x".join(map(str, shape))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _list(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  entries = lib.entries(model=args.model, task=args.task)
+  rows = [(e.name, e.model.name, e.task or "-", _shape(e.prompt_shape),
+           ",".join(e.embedding_keys) or "(prompt)") for e in entries]
+  text = _table(("NAME", "MODEL", "TASK", "PROMPT", "EMBEDDINGS"), rows)
+  return [e.summary() for e in entries], f"{text}\n{len(entries)} entries"
+
+
+def _show(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  e = lib.entry(args.name)
+  lines = [
+      f"name:        {e.name}",
+      f"model:       {e.model.name} (embed dim {e.model.embed_dim})",
+      f"checkpoint:  {e.model.checkpoint or '-'}",
+      f"task:        {e.task or '-'}",
+      f"prompt:      {_shape(e.prompt_shape)} {e.prompt.dtype} sha256 {e.prompt.sha256[:12]}",
+  ]
+  for key, rec in e.embeddings:
+    lines.append(f"embedding:   {key} {_shape(rec.shape)} sha256 {rec.sha256[:12]}")
+  lines += [
+      f"metrics:     {json.dumps(dict(e.metrics)) if e.metrics else '-'}",
+      f"step:        {e.provenance.step if e.provenance.step is not None else '-'}",
+      f"created:     {e.provenance.created} (spot {e.provenance.spot_version})",
+      f"gin config:  {len(e.provenance.gin_config.splitlines())} lines",
+      f"meta:        {json.dumps(dict(e.meta)) if e.meta else '-'}",
+  ]
+  return e.to_json(), "\n".join(lines)
+
+
+def _query(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  if bool(args.init) != bool(args.init_out):
+    raise LibraryError("--init and --init-out go together: --init weighted_average "
+                       "--init-out init.npy")
+  query = args.entry or sources.read_npy(args.embedding, "--embedding")
+  ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k)
+  messages = []
+  if args.init:
+    init = transfer.init_prompt(lib, ranked, args.init)
+    fs.write_bytes(epath.Path(args.init_out), encode_array(init),
+                   local=fs.is_local(args.init_out))
+    messages.append(f"wrote {args.init} initialisation {_shape(init.shape)} to {args.init_out}")
+  if args.mixture:
+    tasks = transfer.mixture_tasks(lib, ranked, args.target_task or None)
+    return tasks, "\n".join(messages + [",".join(tasks)])
+  what = f"entry {args.entry}" if args.entry else args.embedding
+  rows = [(i + 1, f"{score:.4f}", name) for i, (name, score) in enumerate(ranked)]
+  text = _table(("RANK", "SCORE", "NAME"), rows)
+  head = f"query {what} ({args.metric}, top {args.top_k} of {lib.path})"
+  payload = [{"name": name, "score": score} for name, score in ranked]
+  return payload, "\n".join([head, text] + messages)
+
+
+def _remove(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  lib.remove(args.name)
+  return {"removed": args.name}, f"removed {args.name!r}"
+
+
+def _export(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  lib.index()  # a missing library fails here, before the archive is opened
+  names = archive.export(lib, args.file, args.entry)
+  return {"file": args.file, "entries": names}, f"exported {len(names)} entries to {args.file}"
+
+
+def _import(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  names = archive.import_archive(lib, args.file, overwrite=args.overwrite)
+  return {"file": args.file, "entries": names}, f"imported {len(names)} entries from {args.file}"
+
+
+def _heatmap(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  from spot.library import heatmap  # pylint: disable=g-import-not-at-top  (scipy, matplotlib)
+  names, matrix = retrieval.pairwise(lib, model=args.model, metric=args.metric,
+                                     names=args.entry)
+  title = f"task similarity ({args.metric})"
+  names, matrix = heatmap.write_heatmap(names, matrix, args.out, title)
+  payload = {"out": args.out, "metric": args.metric, "names": names,
+             "matrix": np.round(matrix, 6).tolist()}
+  return payload, f"wrote {args.out}: {len(names)} entries, clustered ({args.metric})"
+
+
+def _check(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  problems = lib.check()
+  text = "\n".join(f"{name}: {problem}" for name, problem in problems)
+  payload = [{"name": n, "problem": p} for n, p in problems]
+  return payload, text or f"all {len(lib.names())} entries are valid", 1 if problems else 0
+
+
+COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {
+    "add": _add, "list": _list, "show": _show, "query": _query, "remove": _remove,
+    "export": _export, "import": _import, "heatmap": _heatmap, "check": _check,
+}
+
+
+def _report(caught: Sequence[warnings.WarningMessage], stderr: TextIO) -> None:
+  seen = set()
+  for w in caught:
+    text = str(w.message)
+    if text not in seen:
+      seen.add(text)
+      print(f"warning: {text}", file=stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+  """Runs `spot library ...`; returns the exit status."""
+  stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+  parser = build_parser()
+  try:
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+  except SystemExit as e:
+    return int(e.code or 0)
+  if not getattr(args, "library", None):
+    print(f"{PROG}: error: pass the library with --library PATH", file=stderr)
+    return 2
+  as_json = getattr(args, "json", False)
+  lib = PromptLibrary(args.library)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", LibraryWarning)
+    try:
+      payload, text, *status = COMMANDS[args.command](lib, args)
+    except LibraryError as e:
+      _report(caught, stderr)
+      print(f"{PROG} {args.command}: error: {e}", file=stderr)
+      return 1
+  _report(caught, stderr)
+  print(json.dumps(payload, indent=2) if as_json else text, file=stdout)
+  return status[0] if status else 0

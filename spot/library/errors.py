@@ -1,0 +1,31 @@
+"""Errors and warnings of the prompt library; each message names the fix."""
+
+from __future__ import annotations
+
+
+class LibraryError(Exception):
+  """Base class of the prompt library's errors."""
+
+
+class LibraryNotFoundError(LibraryError):
+  """The library path holds no library."""
+
+
+class EntryNotFoundError(LibraryError):
+  """No valid entry of that name."""
+
+
+class EntryExistsError(LibraryError):
+  """An entry of that name exists and `overwrite` was not given."""
+
+
+class CorruptEntryError(LibraryError):
+  """An entry on disk is partial or corrupt (missing file, bad json, checksum)."""
+
+
+class ModelMismatchError(LibraryError):
+  """Arrays or a query do not fit the base model (dimension, model name)."""
+
+
+class LibraryWarning(UserWarning):
+  """A corrupt or partial entry was skipped."""

@@ -1,0 +1,160 @@
+"""File operations the prompt library needs, on local disk and object stores.
+
+Local paths use `os` directly: a directory rename is atomic and refuses to
+replace a non-empty directory, which is what makes concurrent adds safe. Object
+stores (`gs://...`) go through `etils.epath`; they have no atomic directory
+rename, so callers order their writes instead (arrays first, `entry.json` last).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from concurrent import futures
+from typing import Callable, Iterable, Optional, TypeVar, Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike, epath.Path]
+T = TypeVar("T")
+R = TypeVar("R")
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_THREADS = 16
+
+
+def is_local(path: PathLike) -> bool:
+  """True for a path on this machine's file system (no `scheme://`)."""
+  return not _SCHEME.match(os.fspath(path))
+
+
+def sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def read_bytes(path: epath.Path) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def write_bytes(path: epath.Path, data: bytes, *, local: bool) -> None:
+  """Writes `data` at `path`: atomically (temp file, fsync, rename) when local.
+
+  On an object store a single object write is already all-or-nothing.
+  """
+  path = epath.Path(path)
+  if not local:
+    path.write_bytes(data)
+    return
+  tmp = f"{os.fspath(path)}.tmp-{uuid.uuid4().hex}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(path))
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def create_exclusive(path: epath.Path, data: bytes, *, local: bool) -> bool:
+  """Writes `data` at `path` unless it exists; returns whether this call wrote it.
+
+  Atomic on local disk (a hard link of a complete temp file fails if the name
+  is taken); best effort (check, then write) on an object store.
+  """
+  path = epath.Path(path)
+  if not local:
+    if path.exists():
+      return False
+    path.write_bytes(data)
+    return True
+  tmp = f"{os.fspath(path)}.tmp-{uuid.uuid4().hex}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  try:
+    os.link(tmp, os.fspath(path))
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    os.remove(tmp)
+
+
+def rename_dir(src: epath.Path, dst: epath.Path) -> bool:
+  """Renames local directory `src` to `dst`; False if `dst` is taken (not empty)."""
+  try:
+    os.rename(os.fspath(src), os.fspath(dst))
+    return True
+  except OSError as e:
+    if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+      return False
+    raise
+
+
+def rmtree(path: epath.Path, *, local: bool) -> None:
+  if local:
+    shutil.rmtree(os.fspath(path), ignore_errors=True)
+  else:
+    path = epath.Path(path)
+    if path.exists():
+      path.rmtree()
+
+
+def list_dirs(path: epath.Path, *, local: bool) -> list[str]:
+  """Names of the sub-directories of `path` (not hidden), sorted; [] if absent."""
+  if local:
+    try:
+      with os.scandir(os.fspath(path)) as it:
+        names = [d.name for d in it if d.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+      return []
+  else:
+    path = epath.Path(path)
+    if not path.exists():
+      return []
+    names = [p.name for p in path.iterdir() if p.is_dir()]
+  return sorted(n for n in names if not n.startswith("."))
+
+
+def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
+  """Cheap change detectors for each sub-directory of a local `path`.
+
+  A directory's fingerprint combines its inode and times with the stat of its
+  `marker` file, so a replaced, removed or rewritten entry gets a new value
+  without reading any file. "" means the marker file is missing.
+  """
+  out = {}
+  try:
+    it = os.scandir(os.fspath(path))
+  except FileNotFoundError:
+    return out
+  with it:
+    for d in it:
+      if d.name.startswith(".") or not d.is_dir(follow_symlinks=False):
+        continue
+      try:
+        st = d.stat(follow_symlinks=False)
+        ms = os.stat(os.path.join(d.path, marker))
+      except FileNotFoundError:
+        out[d.name] = ""
+        continue
+      out[d.name] = (f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:"
+                     f"{ms.st_ino}:{ms.st_mtime_ns}:{ms.st_size}")
+  return out
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T],
+                 threads: Optional[int] = None) -> list[R]:
+  """`[fn(x) for x in items]` on a thread pool (I/O and hashing release the GIL)."""
+  items = list(items)
+  if len(items) < 8:
+    return [fn(x) for x in items]
+  with futures.ThreadPoolExecutor(threads or _THREADS) as pool:
+    return list(pool.map(fn, items))

@@ -1,0 +1,443 @@
+"""`PromptLibrary`: source prompts and task embeddings on local disk or `gs://`.
+
+Layout under the library path:
+
+  entries/<name>/entry.json, prompt.npy, embeddings/<key>.npy   (see entry.py)
+  models/<model>.json     embed_dim of each base model, fixed by its first entry
+  index/index.npz         query cache, rebuilt incrementally (see index.py)
+  tmp/                    staging of adds, removes and overwrites in progress
+
+Local adds are staged in `tmp/` and renamed into `entries/` in one step, so a
+reader sees a complete entry or none, and two writers of one name cannot both
+win. On an object store, arrays are written before `entry.json`, so an entry in
+progress reads as partial and is skipped until it is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import json
+import os
+import urllib.parse
+import uuid
+import warnings
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from etils import epath
+
+import spot
+from spot.library import entry as entry_lib
+from spot.library import fs
+from spot.library import index as index_lib
+from spot.library import similarity
+from spot.library.entry import Entry, ModelInfo, Provenance
+from spot.library.errors import (CorruptEntryError, EntryExistsError, EntryNotFoundError,
+                                 LibraryError, LibraryNotFoundError, LibraryWarning,
+                                 ModelMismatchError)
+
+ENTRIES_DIR = "entries"
+MODELS_DIR = "models"
+INDEX_FILE = "index/index.npz"
+TMP_DIR = "tmp"
+_MAX_OVERWRITE_TRIES = 20
+
+Embeddings = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _dump_json(d: Mapping[str, Any]) -> bytes:
+  return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+class PromptLibrary:
+  """A prompt library rooted at `path` (a local directory or `gs://...`).
+
+  Nothing is read or created until a method needs it; `add` creates the
+  library, every other method requires it to exist.
+  """
+
+  def __init__(self, path: fs.PathLike, *, local: Optional[bool] = None):
+    """Opens the library at `path`.
+
+    Args:
+      path: library root.
+      local: force the local-disk (True) or object-store (False) write
+        protocol; None picks by the path's scheme.
+    """
+    self.path = epath.Path(path)
+    self._local = fs.is_local(path) if local is None else local
+    self._index: Optional[index_lib.Index] = None
+
+  def __repr__(self) -> str:
+    return f"PromptLibrary({os.fspath(self.path)!r})"
+
+  # -- layout ---------------------------------------------------------------
+
+  def _dir(self, name: str) -> epath.Path:
+    return self.path / ENTRIES_DIR / name
+
+  def exists(self) -> bool:
+    return (self.path / ENTRIES_DIR).is_dir()
+
+  def _require(self) -> None:
+    if not self.exists():
+      raise LibraryNotFoundError(
+          f"no prompt library at {self.path} (it has no {ENTRIES_DIR}/ folder). Check "
+          "--library, or create the library by adding a first entry: spot library "
+          f"--library {self.path} add NAME --prompt FILE.npy --model MODEL")
+
+  def create(self) -> None:
+    """Creates the library's folders (idempotent)."""
+    for sub in (ENTRIES_DIR, MODELS_DIR, "index", TMP_DIR):
+      (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+  # -- writing --------------------------------------------------------------
+
+  def add(self, name: str, prompt: Any, *, model: Union[str, ModelInfo],
+          embeddings: Embeddings = None, task: str = "",
+          metrics: Optional[Mapping[str, Any]] = None,
+          provenance: Optional[Provenance] = None,
+          meta: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> Entry:
+    """Adds an entry atomically and returns it.
+
+    Args:
+      name: entry name (letters, digits, `._+-`).
+      prompt: the source prompt [P, D]; float32 is stored byte for byte.
+      model: the base model's name, or a `ModelInfo` with its checkpoint.
+      embeddings: task embeddings [P', D] by key (e.g. {"step_10000": e}), in
+        the order given; queries use the first. With none, the prompt serves.
+      task: the SeqIO task or mixture the prompt was trained on.
+      metrics: validation scores, e.g. {"accuracy": 95.1}.
+      provenance: gin config, step; `created` and `spot_version` are filled in.
+      meta: free-form JSON-serialisable metadata.
+      overwrite: replace an existing entry of the same name.
+
+    Raises:
+      EntryExistsError: `name` is taken and `overwrite` is False.
+      ModelMismatchError: bad shapes, or a dimension that differs from the
+        model's earlier entries.
+    """
+    entry_lib.check_name(name)
+    info = model if isinstance(model, ModelInfo) else ModelInfo(name=str(model))
+    if not info.name:
+      raise ModelMismatchError("the base model name is empty; pass --model, e.g. "
+                               "t5_1_1_lm100k_base.")
+    prompt = entry_lib.as_prompt_array(prompt, f"the prompt of {name!r}")
+    dim = prompt.shape[1]
+    if info.embed_dim not in (None, dim):
+      raise ModelMismatchError(f"the prompt of {name!r} has embed dim {dim}, but model "
+                               f"{info.name!r} was given embed_dim {info.embed_dim}.")
+    info = dataclasses.replace(info, embed_dim=dim)
+    files = {entry_lib.PROMPT_FILE: entry_lib.encode_array(prompt)}
+    prompt_rec = entry_lib.make_record(entry_lib.PROMPT_FILE, prompt,
+                                       files[entry_lib.PROMPT_FILE])
+    records = []
+    pairs = list(embeddings.items()) if isinstance(embeddings, Mapping) else list(embeddings or [])
+    for key, value in pairs:
+      entry_lib.check_name(key, "embedding key")
+      if key == entry_lib.PROMPT_KEY or key in dict(records):
+        raise LibraryError(f"embedding key {key!r} of {name!r} is reserved or repeated; "
+                           "give each task embedding its own key, e.g. step_10000.")
+      arr = entry_lib.as_prompt_array(value, f"task embedding {key!r} of {name!r}")
+      if arr.shape[1] != dim:
+        raise ModelMismatchError(
+            f"task embedding {key!r} of {name!r} has embed dim {arr.shape[1]} but the prompt "
+            f"has {dim}; both must come from the same base model.")
+      file = f"{entry_lib.EMBEDDINGS_DIR}/{key}.npy"
+      files[file] = entry_lib.encode_array(arr)
+      records.append((key, entry_lib.make_record(file, arr, files[file])))
+    prov = provenance or Provenance()
+    prov = dataclasses.replace(prov, created=prov.created or _now(),
+                               spot_version=prov.spot_version or spot.__version__)
+    entry = Entry(name=name, model=info, task=task, prompt=prompt_rec,
+                  embeddings=tuple(records), metrics=dict(metrics or {}), provenance=prov,
+                  meta=dict(meta or {}), uid=uuid.uuid4().hex)
+    try:
+      files[entry_lib.ENTRY_FILE] = _dump_json(entry.to_json())
+    except TypeError as e:
+      raise LibraryError(f"metrics and meta of {name!r} must be JSON-serialisable: {e}") from e
+    self.create()
+    self._register_model(info)
+    self._install(name, files, overwrite=overwrite)
+    return entry
+
+  def _register_model(self, info: ModelInfo) -> None:
+    """Fixes a model's embed_dim on its first entry; refuses a different one later."""
+    path = self.path / MODELS_DIR / (urllib.parse.quote(info.name, safe="") + ".json")
+    record = {"name": info.name, "embed_dim": info.embed_dim}
+    if fs.create_exclusive(path, _dump_json(record), local=self._local):
+      return
+    try:
+      known = json.loads(fs.read_bytes(path))["embed_dim"]
+    except (ValueError, KeyError, OSError):
+      fs.write_bytes(path, _dump_json(record), local=self._local)  # repair a damaged record
+      return
+    if known != info.embed_dim:
+      raise ModelMismatchError(
+          f"model {info.name!r} has embed dim {known} in {self.path}, but this prompt has "
+          f"dim {info.embed_dim}: is it from another base model? Pass that model's name "
+          "with --model.")
+
+  def _install(self, name: str, files: Mapping[str, bytes], *, overwrite: bool) -> None:
+    """Writes one entry's files (`entry.json` last) and publishes it atomically."""
+    if not self._local:
+      self._install_remote(name, files, overwrite=overwrite)
+      return
+    tmp = self.path / TMP_DIR
+    staging = tmp / f"{name}.{uuid.uuid4().hex}.tmp"
+    try:
+      for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
+        path = staging / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.fspath(path), "wb") as f:
+          f.write(files[rel])
+          f.flush()
+          os.fsync(f.fileno())
+      for _ in range(_MAX_OVERWRITE_TRIES):
+        if fs.rename_dir(staging, self._dir(name)):
+          return
+        if not overwrite:
+          raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
+                                 "overwrite=True (CLI: --overwrite) to replace it, or pick "
+                                 "another name.")
+        old = tmp / f"{name}.{uuid.uuid4().hex}.old"
+        try:
+          if fs.rename_dir(self._dir(name), old):
+            fs.rmtree(old, local=True)
+        except FileNotFoundError:
+          pass  # a concurrent writer moved it; try again
+      raise LibraryError(f"could not replace entry {name!r}: other writers kept replacing it.")
+    finally:
+      fs.rmtree(staging, local=True)
+
+  def _install_remote(self, name: str, files: Mapping[str, bytes], *, overwrite: bool) -> None:
+    target = self._dir(name)
+    marker = target / entry_lib.ENTRY_FILE
+    if marker.exists():
+      if not overwrite:
+        raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
+                               "overwrite=True (CLI: --overwrite) to replace it.")
+      marker.unlink()  # readers now skip it as partial until entry.json is back
+    fs.rmtree(target, local=False)
+    for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
+      (target / rel).parent.mkdir(parents=True, exist_ok=True)
+      fs.write_bytes(target / rel, files[rel], local=False)
+
+  def remove(self, name: str) -> None:
+    """Removes entry `name` (valid or corrupt)."""
+    self._require()
+    entry_lib.check_name(name)
+    if self._local:
+      gone = self.path / TMP_DIR / f"{name}.{uuid.uuid4().hex}.removed"
+      (self.path / TMP_DIR).mkdir(parents=True, exist_ok=True)
+      try:
+        os.rename(os.fspath(self._dir(name)), os.fspath(gone))
+      except FileNotFoundError:
+        raise self._not_found(name) from None
+      fs.rmtree(gone, local=True)
+      return
+    if not self._dir(name).exists():
+      raise self._not_found(name)
+    marker = self._dir(name) / entry_lib.ENTRY_FILE
+    if marker.exists():
+      marker.unlink()
+    fs.rmtree(self._dir(name), local=False)
+
+  def install_files(self, name: str, files: Mapping[str, bytes], *,
+                    overwrite: bool = False) -> Entry:
+    """Adds an entry from the raw files of another library (import), verified first."""
+    entry_lib.check_name(name)
+    entry = self._verify_files(name, files)
+    self.create()
+    self._register_model(entry.model)
+    self._install(name, files, overwrite=overwrite)
+    return entry
+
+  @staticmethod
+  def _verify_files(name: str, files: Mapping[str, bytes]) -> Entry:
+    if entry_lib.ENTRY_FILE not in files:
+      raise CorruptEntryError(f"entry {name!r}: no entry.json")
+    entry = entry_lib.entry_from_json(files[entry_lib.ENTRY_FILE], name)
+    expected = {entry.prompt.file} | {r.file for _, r in entry.embeddings}
+    if set(files) != expected | {entry_lib.ENTRY_FILE}:
+      raise CorruptEntryError(f"entry {name!r}: files {sorted(files)} do not match entry.json")
+    for rec in [entry.prompt] + [r for _, r in entry.embeddings]:
+      data = files[rec.file]
+      if len(data) != rec.size or fs.sha256(data) != rec.sha256:
+        raise CorruptEntryError(f"entry {name!r}: checksum mismatch in {rec.file}")
+    return entry
+
+  # -- reading --------------------------------------------------------------
+
+  def _not_found(self, name: str) -> EntryNotFoundError:
+    names = fs.list_dirs(self.path / ENTRIES_DIR, local=self._local)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = (f"; did you mean {', '.join(close)}?" if close else
+            f"; it has {len(names)} entries (spot library --library {self.path} list)")
+    return EntryNotFoundError(f"no entry {name!r} in prompt library {self.path}{hint}")
+
+  def _read_entry(self, name: str) -> Entry:
+    """Parses `entry.json` of `name`; raises CorruptEntryError or EntryNotFoundError."""
+    try:
+      data = fs.read_bytes(self._dir(name) / entry_lib.ENTRY_FILE)
+    except FileNotFoundError:
+      if self._dir(name).exists():
+        raise CorruptEntryError("partial entry: entry.json is missing (an add in progress "
+                                "or interrupted)") from None
+      raise EntryNotFoundError(name) from None
+    return entry_lib.entry_from_json(data, name)
+
+  def _validate(self, name: str) -> tuple[Entry, dict[str, np.ndarray]]:
+    """Fully checks one entry; returns it and its arrays by key ("prompt", ...)."""
+    entry = self._read_entry(name)
+    arrays = {}
+    for key in (entry_lib.PROMPT_KEY,) + entry.embedding_keys:
+      arr = entry_lib.read_array(self._dir(name), entry.record(key))
+      if arr.ndim != 2 or arr.shape[1] != entry.model.embed_dim:
+        raise CorruptEntryError(f"{entry.record(key).file} has shape {arr.shape}, not "
+                                f"[tokens, {entry.model.embed_dim}] (model embed dim)")
+      arrays[key] = arr
+    return entry, arrays
+
+  def _corrupt(self, name: str, problem: Any) -> CorruptEntryError:
+    return CorruptEntryError(
+        f"entry {name!r} in {self.path} is corrupt: {problem}. Remove it (spot library "
+        f"--library {self.path} remove {name}) and add it again.")
+
+  def entry(self, name: str) -> Entry:
+    """The metadata of a valid entry (all its files are verified)."""
+    self._require()
+    entry_lib.check_name(name)
+    try:
+      return self._validate(name)[0]
+    except EntryNotFoundError:
+      raise self._not_found(name) from None
+    except CorruptEntryError as e:
+      raise self._corrupt(name, e) from None
+
+  def prompt(self, name: str) -> np.ndarray:
+    """The source prompt [P, D] of entry `name`, checksum-verified."""
+    return self.embedding(name, entry_lib.PROMPT_KEY)
+
+  def embedding(self, name: str, key: Optional[str] = None) -> np.ndarray:
+    """A task embedding of `name` (default: the one queries use), verified."""
+    self._require()
+    entry_lib.check_name(name)
+    try:
+      entry = self._read_entry(name)
+      return entry_lib.read_array(self._dir(name), entry.record(key))
+    except EntryNotFoundError:
+      raise self._not_found(name) from None
+    except CorruptEntryError as e:
+      raise self._corrupt(name, e) from None
+
+  def files(self, name: str) -> dict[str, bytes]:
+    """The raw files of a valid entry, verified (what `export` archives)."""
+    entry = self.entry(name)
+    rels = [entry_lib.ENTRY_FILE, entry.prompt.file] + [r.file for _, r in entry.embeddings]
+    files = {rel: fs.read_bytes(self._dir(name) / rel) for rel in rels}
+    try:
+      self._verify_files(name, files)
+    except CorruptEntryError as e:
+      raise self._corrupt(name, e) from None
+    return files
+
+  # -- index ----------------------------------------------------------------
+
+  def _fingerprints(self) -> dict[str, str]:
+    entries = self.path / ENTRIES_DIR
+    if self._local:
+      return fs.local_fingerprints(entries, entry_lib.ENTRY_FILE)
+
+    def remote(name: str) -> tuple[str, str]:
+      try:
+        return name, fs.sha256(fs.read_bytes(entries / name / entry_lib.ENTRY_FILE))
+      except FileNotFoundError:
+        return name, ""
+
+    return dict(fs.parallel_map(remote, fs.list_dirs(entries, local=False)))
+
+  def _index_row(self, name: str, fingerprint: str
+                 ) -> tuple[index_lib.Row, Optional[dict[str, np.ndarray]]]:
+    try:
+      entry_lib.check_name(name)
+      if not fingerprint:
+        raise CorruptEntryError("partial entry: entry.json is missing (an add in progress or "
+                                "interrupted)")
+      entry, arrays = self._validate(name)
+    except (LibraryError, OSError) as e:
+      if isinstance(e, EntryNotFoundError):
+        e = CorruptEntryError("removed while being indexed")
+      return index_lib.Row(name, fingerprint, problem=str(e)), None
+    query = arrays[entry.query_key]
+    vectors = {m: similarity.summary_vector(query, m) for m in similarity.METRICS}
+    return index_lib.Row(name, fingerprint, entry.model.name, entry.task), vectors
+
+  def index(self) -> index_lib.Index:
+    """The query index, brought up to date with the entries on disk.
+
+    Corrupt or partial entries are reported with a `LibraryWarning` and left
+    out; only new or changed entries are read.
+    """
+    self._require()
+    fingerprints = self._fingerprints()
+    if self._index is None:
+      try:
+        self._index = index_lib.loads(fs.read_bytes(self.path / INDEX_FILE))
+      except (FileNotFoundError, OSError):
+        self._index = index_lib.EMPTY
+    index, changed = index_lib.refresh(self._index, fingerprints, self._index_row)
+    if changed:
+      try:
+        (self.path / INDEX_FILE).parent.mkdir(parents=True, exist_ok=True)
+        fs.write_bytes(self.path / INDEX_FILE, index_lib.dumps(index), local=self._local)
+      except OSError as e:  # a read-only library still answers from memory
+        warnings.warn(f"prompt library {self.path}: could not write the index cache ({e}).",
+                      LibraryWarning, stacklevel=2)
+    self._index = index
+    for row in index.problems:
+      warnings.warn(f"prompt library {self.path}: skipping entry {row.name!r}: {row.problem}",
+                    LibraryWarning, stacklevel=2)
+    return index
+
+  def names(self, model: Optional[str] = None) -> list[str]:
+    """Names of the valid entries (of `model`, if given), sorted."""
+    return [r.name for r in self.index().valid() if model is None or r.model == model]
+
+  def __len__(self) -> int:
+    return len(self.names())
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.names()
+
+  def models(self) -> dict[str, int]:
+    """Base models with valid entries -> their embed dim."""
+    return {m: mi.dim for m, mi in sorted(self.index().models.items())}
+
+  def entries(self, model: Optional[str] = None, task: Optional[str] = None) -> list[Entry]:
+    """The valid entries (optionally of one model or task), sorted by name."""
+    rows = [r for r in self.index().valid()
+            if (model is None or r.model == model) and (task is None or r.task == task)]
+
+    def read(name: str) -> Optional[Entry]:
+      try:
+        return self._read_entry(name)
+      except (LibraryError, OSError):
+        return None  # replaced or removed since the index read it
+
+    return [e for e in fs.parallel_map(read, [r.name for r in rows]) if e is not None]
+
+  def check(self) -> list[tuple[str, str]]:
+    """Re-verifies every entry from scratch; returns (name, problem) pairs."""
+    self._require()
+    fingerprints = self._fingerprints()
+    rows = fs.parallel_map(lambda n: self._index_row(n, fingerprints[n])[0],
+                           sorted(fingerprints))
+    return [(r.name, r.problem) for r in rows if r.problem]
+
