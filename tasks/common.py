@@ -1,0 +1,385 @@
+"""Shared pieces of the GLUE / SuperGLUE registrations.
+
+Every task is read either from TFDS or from local files in the official
+layouts. Both sources yield the same raw features (TFDS's names and dtypes), so
+one text-to-text preprocessor per task serves both. The text formats are the
+T5 paper's (Raffel et al., 2020): "<task> <field>: <text> ..." -> label word.
+
+Nothing here reads data or touches the network at import or registration
+time: local files are located and parsed when a dataset is requested, and the
+default vocabulary loads lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+UNKNOWN_LABEL = "<unk>"
+
+VocabularyLike = Union[seqio.Vocabulary, str, None]
+DataDirs = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], None]
+Row = dict[str, Any]
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+def get_vocabulary(vocabulary: VocabularyLike = None) -> seqio.Vocabulary:
+  """A seqio vocabulary: the given one, a SentencePiece model path, or T5's.
+
+  The default is the T5 English vocabulary with its 100 sentinel ids built in
+  (the one T5X's T5 1.1 configs use). SentencePiece loads the file on first
+  use, so building the default needs no network.
+  """
+  if vocabulary is None:
+    return seqio.SentencePieceVocabulary(DEFAULT_VOCABULARY_PATH)
+  if isinstance(vocabulary, (str, os.PathLike)):
+    return seqio.SentencePieceVocabulary(os.fspath(vocabulary))
+  if not isinstance(vocabulary, seqio.Vocabulary):
+    raise TypeError(f"vocabulary must be a seqio.Vocabulary or a SentencePiece model path, "
+                    f"got {type(vocabulary).__name__}.")
+  return vocabulary
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """T5's encoder-decoder features: `inputs` and `targets`, both ending in EOS."""
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+  }
+
+
+# ------------------------------------------------------- text-to-text format
+
+
+def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
+  """The label's word, or "<unk>" for an unlabelled (test) example (-1)."""
+  names = tf.constant(list(label_names) + [UNKNOWN_LABEL])
+  label = tf.cast(label, tf.int32)
+  return tf.gather(names, tf.where(label < 0, len(label_names), label))
+
+
+def _int32(value: tf.Tensor) -> tf.Tensor:
+  """Ids as int32 whichever source they come from (TFDS: int32, files: int64)."""
+  return tf.cast(value, tf.int32)
+
+
+def fields_text(prefix: str, example: Mapping[str, tf.Tensor],
+                feature_names: Sequence[str]) -> tf.Tensor:
+  """"<prefix> name1: text1 name2: text2 ..." (T5's GLUE input format)."""
+  parts: list[Any] = [prefix]
+  for name in feature_names:
+    parts += [f"{name}:", example[name]]
+  return tf.strings.join(parts, separator=" ")
+
+
+def classification_preprocessor(prefix: str, feature_names: Sequence[str],
+                                label_names: Sequence[str]) -> Callable[..., tf.data.Dataset]:
+  """Inputs are the named fields in order; the target is the label's word."""
+
+  def convert(ex):
+    return {"inputs": fields_text(prefix, ex, feature_names),
+            "targets": label_text(ex["label"], label_names), "idx": _int32(ex["idx"])}
+
+  return seqio.map_over_dataset(convert)
+
+
+@seqio.map_over_dataset
+def stsb_preprocessor(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """STS-B as text: the score rounded to the nearest 0.2, e.g. "3.8".
+
+  Rounding turns the regression into a 26-way choice of short strings; the
+  postprocessor reads the string back as a float for the correlations.
+  """
+  score = tf.cast(ex["label"], tf.float32)
+  rounded = tf.strings.as_string(tf.round(score * 5.0) / 5.0, precision=1)
+  return {"inputs": fields_text("stsb", ex, ("sentence1", "sentence2")),
+          "targets": tf.where(score < 0, UNKNOWN_LABEL, rounded), "idx": _int32(ex["idx"])}
+
+
+@seqio.map_over_dataset
+def multirc_preprocessor(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """One example per answer option, HTML markup removed; keeps the ids the
+  metrics group by (a question's options are scored together)."""
+  text = fields_text("multirc", ex, ("question", "answer", "paragraph"))
+  text = tf.strings.regex_replace(text, "<br>", " ")
+  text = tf.strings.regex_replace(text, "</?b>", "")
+  return {"inputs": text, "targets": label_text(ex["label"], ("False", "True")),
+          **{f"idx/{k}": _int32(ex["idx"][k]) for k in ("paragraph", "question", "answer")}}
+
+
+def _mark_words(words: tf.Tensor, start: tf.Tensor, span: tf.Tensor, mark: str) -> tf.Tensor:
+  """Puts `mark` around the words [start, start + len(span words))."""
+  pos = tf.range(tf.size(words))
+  start = tf.cast(start, tf.int32)
+  end = start + tf.maximum(tf.size(tf.strings.split(span)), 1) - 1
+  words = tf.where(tf.equal(pos, start), tf.strings.join([mark, words], " "), words)
+  return tf.where(tf.equal(pos, end), tf.strings.join([words, mark], " "), words)
+
+
+@seqio.map_over_dataset
+def wsc_preprocessor(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """WSC as classification: the noun span between "*", the pronoun between
+  "#"; the target says whether the pronoun refers to the noun."""
+  words = tf.strings.split(ex["text"])
+  words = _mark_words(words, ex["span1_index"], ex["span1_text"], "*")
+  words = _mark_words(words, ex["span2_index"], ex["span2_text"], "#")
+  text = tf.strings.join(["wsc text:", tf.strings.reduce_join(words, separator=" ")], " ")
+  return {"inputs": text, "targets": label_text(ex["label"], ("False", "True")),
+          "idx": _int32(ex["idx"])}
+
+
+def record_preprocessor(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """ReCoRD: one training example per correct answer (all answers kept for
+  the metric); an unanswered query gets the target "<unk>"."""
+
+  def per_query(ex):
+    passage = tf.strings.regex_replace(ex["passage"], "([.?!\"'])\n@highlight\n", "\\1 ")
+    passage = tf.strings.regex_replace(passage, "\n@highlight\n", ". ")
+    inputs = tf.strings.join([
+        "record query:", ex["query"], "entities:",
+        tf.strings.reduce_join(ex["entities"], separator=", "), "passage:", passage], " ")
+    answers = ex["answers"]
+    targets = tf.cond(tf.size(answers) > 0, lambda: answers,
+                      lambda: tf.constant([UNKNOWN_LABEL]))
+    n = tf.size(targets)
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": tf.fill([n], inputs),
+        "targets": targets,
+        "answers": tf.broadcast_to(answers[tf.newaxis], [n, tf.size(answers)]),
+        "idx/passage": tf.fill([n], _int32(ex["idx"]["passage"])),
+        "idx/query": tf.fill([n], _int32(ex["idx"]["query"])),
+    })
+
+  return dataset.flat_map(per_query)
+
+
+def add_task_feature(dataset: tf.data.Dataset, task_name: str) -> tf.data.Dataset:
+  """Adds the scalar string feature `task` (the registered task name), so a
+  multi-task prompt can tell the tasks of a mixture apart."""
+  return dataset.map(lambda ex: {**ex, "task": tf.constant(task_name)},
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------ postprocessors
+
+
+def _text(output: Any) -> str:
+  return (output.decode("utf-8") if isinstance(output, bytes) else str(output)).strip()
+
+
+def class_id_postprocessor(label_names: Sequence[str]) -> Callable[..., int]:
+  """Maps a predicted (or target) label word to its class id; -1 if unknown."""
+  names = tuple(label_names)
+
+  def postprocess(output, example=None, is_target=False) -> int:
+    del example, is_target
+    text = _text(output)
+    return names.index(text) if text in names else -1
+
+  return postprocess
+
+
+def float_postprocessor(output, example=None, is_target=False) -> float:
+  """Reads a predicted score ("3.8") as a float; -1.0 if it is not a number."""
+  del example, is_target
+  try:
+    return float(_text(output))
+  except ValueError:
+    return -1.0
+
+
+def multirc_postprocessor(output, example=None, is_target=False) -> dict[str, Any]:
+  """{"value": class id}; targets also carry the question they belong to."""
+  value = class_id_postprocessor(("False", "True"))(output)
+  if not is_target:
+    return {"value": value}
+  group = (int(example["idx/paragraph"]), int(example["idx/question"]))
+  return {"value": value, "group": group}
+
+
+def record_postprocessor(output, example=None, is_target=False) -> dict[str, Any]:
+  """Predictions: {"value": answer}; targets: all answers plus the query id."""
+  if not is_target:
+    return {"value": _text(output)}
+  answers = [_text(a) for a in example["answers"]]
+  group = (int(example["idx/passage"]), int(example["idx/query"]))
+  return {"value": answers, "group": group}
+
+
+# -------------------------------------------------------------- registration
+
+
+def register_task(name: str, source: seqio.DataSource, text_preprocessor: Callable[..., Any],
+                  vocabulary: seqio.Vocabulary, postprocess_fn: Callable[..., Any],
+                  metric_fns: Sequence[Callable[..., Mapping[str, float]]]) -> str:
+  """Registers (or re-registers) a text-to-text task and returns its name.
+
+  Re-registering replaces the old task, so tests and notebooks can call the
+  register functions again with another data directory or vocabulary.
+  """
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      preprocessors=[
+          text_preprocessor,
+          functools.partial(add_task_feature, task_name=name),
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(),
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features=output_features(vocabulary),
+      postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns),
+  )
+  return name
+
+
+def tfds_source(tfds_name: str, splits: Union[Sequence[str], Mapping[str, str]],
+                tfds_data_dir: Optional[str] = None) -> seqio.TfdsDataSource:
+  """A TFDS source with explicit splits, so nothing is looked up until read."""
+  return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
+                              splits=splits)
+
+
+# --------------------------------------------------------------- local files
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalLayout:
+  """Where a task's files live under a data directory.
+
+  Attributes:
+    folders: folder names tried in order under each data directory (the
+      official name first, e.g. "SST-2", then aliases such as "sst2").
+    split_files: split -> file names tried in order inside the folder (the
+      official name first, then known published copies).
+  """
+
+  folders: tuple[str, ...]
+  split_files: Mapping[str, tuple[str, ...]]
+
+  def candidates(self, data_dirs: Sequence[str], split: str) -> list[str]:
+    """Every path that may hold `split`, in the order they are tried."""
+    return [os.path.join(d, folder, f) for d in data_dirs for folder in self.folders
+            for f in self.split_files[split]]
+
+
+def as_data_dirs(data_dir: DataDirs) -> tuple[str, ...]:
+  """One directory or several (searched in order) as a tuple of strings."""
+  if data_dir is None:
+    return ()
+  if isinstance(data_dir, (str, os.PathLike)):
+    return (os.fspath(data_dir),)
+  return tuple(os.fspath(d) for d in data_dir)
+
+
+def find_split_file(data_dirs: Sequence[str], layout: LocalLayout, split: str,
+                    task_name: str) -> str:
+  """The first existing candidate file for `split`, or an error naming them."""
+  if split not in layout.split_files:
+    raise ValueError(f"Task {task_name!r} has no split {split!r} in local files; "
+                     f"use one of {sorted(layout.split_files)}.")
+  paths = layout.candidates(data_dirs, split)
+  for path in paths:
+    if tf.io.gfile.exists(path):
+      return path
+  raise FileNotFoundError(
+      f"Task {task_name!r}, split {split!r}: none of the expected files exists: "
+      f"{', '.join(paths)}. Put the file there (see docs/tasks.md for the layout), "
+      "or register the task without a data directory to read it from TFDS.")
+
+
+def read_text(path: str) -> str:
+  """A whole UTF-8 file, without a byte-order mark (gfile, so gs:// works)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    return f.read().decode("utf-8-sig")
+
+
+def read_tsv(path: str) -> list[list[str]]:
+  """Tab-separated lines, quotes kept as text (GLUE's files are unquoted)."""
+  return [line.rstrip("\r").split("\t") for line in read_text(path).split("\n") if line.strip()]
+
+
+def read_csv(path: str) -> list[list[str]]:
+  """Comma-separated lines with CSV quoting (the STS-B CSV copies)."""
+  return [row for row in csv.reader(io.StringIO(read_text(path))) if row]
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """One JSON object a line; a bad line is reported with its number."""
+  out = []
+  for n, line in enumerate(read_text(path).split("\n"), start=1):
+    if line.strip():
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not a JSON object ({e}).") from e
+  return out
+
+
+def _column(values: list[Any]) -> Any:
+  """A column of raw values as a tensor-friendly array (ragged for lists)."""
+  first = values[0]
+  if isinstance(first, dict):
+    return {k: _column([v[k] for v in values]) for k in first}
+  if isinstance(first, (list, tuple)):
+    return tf.ragged.constant([list(v) for v in values], dtype=tf.string,
+                              row_splits_dtype=tf.int64)
+  if isinstance(first, str):
+    return np.array(values, dtype=object)
+  if isinstance(first, float):
+    return np.array(values, dtype=np.float32)
+  return np.array(values, dtype=np.int64 if first is not None else object)
+
+
+def rows_to_dataset(rows: list[Row], path: str) -> tf.data.Dataset:
+  """Parsed rows (dicts with TFDS's feature names) as a tf.data.Dataset."""
+  if not rows:
+    raise ValueError(f"{path} holds no examples; check that it is the right file.")
+  return tf.data.Dataset.from_tensor_slices({k: _column([r[k] for r in rows]) for k in rows[0]})
+
+
+def local_source(data_dirs: Sequence[str], layout: LocalLayout,
+                 reader: Callable[[str], list[Row]], task_name: str) -> seqio.DataSource:
+  """A source reading `layout`'s files with `reader` when a split is requested."""
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+    del shuffle_files, seed  # one file per split; the Task shuffles examples
+    path = find_split_file(data_dirs, layout, split, task_name)
+    return rows_to_dataset(reader(path), path)
+
+  return seqio.FunctionDataSource(dataset_fn, splits=tuple(layout.split_files))
+
+
+def label_id(value: Any, label_names: Optional[Sequence[str]]) -> int:
+  """A raw label (a word, "0"/"1", a bool, or missing) as TFDS's class id."""
+  if value is None or value == "":
+    return -1
+  if isinstance(value, bool):
+    return int(value)
+  if label_names and value in label_names:
+    return list(label_names).index(value)
+  return int(value)
+
+
+def source_for(name: str, *, data_dirs: Sequence[str], layout: LocalLayout,
+               reader: Callable[[str], list[Row]], tfds_name: str,
+               tfds_splits: Union[Sequence[str], Mapping[str, str]],
+               tfds_data_dir: Optional[str]) -> seqio.DataSource:
+  """Local files when data directories are given, TFDS otherwise."""
+  if data_dirs:
+    return local_source(data_dirs, layout, reader, name)
+  return tfds_source(tfds_name, tfds_splits, tfds_data_dir)
