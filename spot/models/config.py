@@ -118,13 +118,22 @@ def _tiny(vocab: int, **kw) -> T5Config:
                   **kw)
 
 
-def get_config(name: str, **overrides: Any) -> T5Config:
+def get_config(name: str | None = None, *, family: str | None = None, size: str | None = None,
+               **overrides: Any) -> T5Config:
   """Returns a named config such as "t5_1_1_base", "mt5_xl" or "t5_1_0_small".
+
+  The name may also be given in parts (`family="mt5", size="xl"`), which is how
+  the gin files compose a model file with a size file.
 
   Families: t5_1_1 (vocab 32128), mt5 (vocab 250112), t5_1_0 (ReLU, tied).
   Sizes: tiny, small, base, large, xl, xxl (t5_1_0: small, base, large, 3b, 11b).
   Keyword overrides replace fields, e.g. `get_config("t5_1_1_xl", dtype="bfloat16")`.
   """
+  if name is None:
+    if not (family and size):
+      raise ValueError("get_config needs a name such as 't5_1_1_base' or family= and size=.")
+    name = f"{family}_{size}"
+  overrides = {k: v for k, v in overrides.items() if v is not None}
   family, _, size = name.rpartition("_")
   if family in ("t5_1_1", "mt5"):
     vocab = T5_1_1_VOCAB if family == "t5_1_1" else MT5_VOCAB

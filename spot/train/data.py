@@ -30,6 +30,7 @@ class DatasetConfig:
   seed: Optional[int] = 0
   use_cached: bool = False
   module: Optional[str] = None
+  data_dir: Optional[str] = None
 
 
 class PromptFeatureConverter(seqio.EncDecFeatureConverter):
@@ -60,12 +61,19 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     return self.prompt_length + int(task_feature_lengths["inputs"])
 
 
-def get_task(name: str, module: Optional[str] = None) -> seqio.Task | seqio.Mixture:
-  """Looks up a task or mixture, importing `module` (and spot.tasks) first."""
+def get_task(name: str, module: Optional[str] = None,
+             data_dir: Optional[str] = None) -> seqio.Task | seqio.Mixture:
+  """Looks up a task or mixture, importing `module` (and spot.tasks) first.
+
+  With `data_dir` (DATA_DIR), spot's tasks are re-registered to read local
+  files (GLUE TSV / SuperGLUE JSONL / WikiLingua JSONL layouts) instead of TFDS.
+  """
   import importlib
   if module:
     importlib.import_module(module)
-  import spot.tasks  # noqa: F401  registers spot's tasks
+  import spot.tasks as spot_tasks
+  if data_dir:
+    spot_tasks.register_local(data_dir)
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError as e:
@@ -87,7 +95,7 @@ def get_dataset(cfg: DatasetConfig, converter: seqio.FeatureConverter, *,
   if cfg.batch_size % num_shards:
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
                      "data shards (hosts); choose a multiple.")
-  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  task = get_task(cfg.mixture_or_task_name, cfg.module, cfg.data_dir)
   ds = task.get_dataset(sequence_length=dict(cfg.task_feature_lengths), split=cfg.split,
                         use_cached=cfg.use_cached, shuffle=cfg.shuffle, seed=cfg.seed,
                         shard_info=seqio.ShardInfo(shard_index, num_shards),

@@ -22,9 +22,10 @@ MODEL_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_to
               "decoder_loss_weights")
 
 
-def eval_task_names(name: str, split: str, module: Optional[str] = None) -> list[str]:
+def eval_task_names(name: str, split: str, module: Optional[str] = None,
+                    data_dir: Optional[str] = None) -> list[str]:
   """Tasks of a task or mixture that have metrics and the given split."""
-  task = data_lib.get_task(name, module)
+  task = data_lib.get_task(name, module, data_dir)
   tasks = seqio.get_subtasks(task) if isinstance(task, seqio.Mixture) else [task]
   out = []
   for t in tasks:
@@ -61,7 +62,8 @@ class Evaluator:
                eval_cfg: Any, partitioner: Any = None):
     self.model, self.cfg, self.partitioner = model, eval_cfg, partitioner
     names = list(eval_cfg.tasks or eval_task_names(train_cfg.mixture_or_task_name,
-                                                   eval_cfg.split, train_cfg.module))
+                                                   eval_cfg.split, train_cfg.module,
+                                                   train_cfg.data_dir))
     if not names:
       raise ValueError(f"No task of {train_cfg.mixture_or_task_name!r} has metrics and a "
                        f"{eval_cfg.split!r} split; set EvalConfig.tasks or split.")

@@ -76,3 +76,60 @@ def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional
   base = {k: v for k, v in flat.items() if k not in prompt_keys}
   prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
   return merge_trees(traverse_util.unflatten_dict(base, sep="/"), prompt)
+
+
+def params_from_run(model: EncoderDecoderModel, model_dir: str,
+                    initial_checkpoint_path: Optional[str] = None, best: bool = False,
+                    step: Optional[int] = None) -> tuple[dict, dict]:
+  """Full parameters of a finished (or running) run: base + its trained parameters.
+
+  The base checkpoint path is read from the run's checkpoint metadata unless
+  `initial_checkpoint_path` overrides it. Returns (params, meta).
+  """
+  from spot.train import checkpointing
+  ckpt = checkpointing.RunCheckpointer(model_dir)
+  try:
+    mngr = ckpt._best if best else ckpt._latest  # pylint: disable=protected-access
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(
+          f"No {'best ' if best else ''}checkpoint in {model_dir}; train first or point "
+          "RESTORE_MODEL_DIR at a run's model_dir.")
+    import orbax.checkpoint as ocp
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+  finally:
+    ckpt.close()
+  meta = dict(out["meta"])
+  trained = jax.tree_util.tree_map(np.asarray, out["state"]["trainable"])
+  base_path = initial_checkpoint_path or meta.get("base_checkpoint")
+  base = load_base_params(model, base_path, int(meta.get("seed", 0)))
+  flat = traverse_util.flatten_dict(dict(base), sep="/")
+  for k, v in traverse_util.flatten_dict(dict(trained), sep="/").items():
+    if k in flat and tuple(flat[k].shape) != tuple(v.shape):
+      raise ValueError(f"Run parameter {k} has shape {tuple(v.shape)} but the base model has "
+                       f"{tuple(flat[k].shape)}.")
+    flat[k] = v
+  params = traverse_util.unflatten_dict(flat, sep="/")
+  expected = traverse_util.flatten_dict(
+      jax.eval_shape(model.init_params, jax.random.PRNGKey(0)), sep="/")
+  missing = sorted(set(expected) - set(flat))
+  if missing:
+    raise ValueError(f"Parameters {missing[:5]} are neither in the base checkpoint nor in the "
+                     f"run {model_dir}; is the model (PROMPT, PROMPT_LENGTH) the one trained?")
+  return params, meta
+
+
+def params_for_inference(model: EncoderDecoderModel, initial_checkpoint_path: Optional[str],
+                         restore_model_dir: Optional[str] = None, use_best: bool = False,
+                         seed: int = 0) -> dict:
+  """Parameters for eval / infer.
+
+  With `restore_model_dir`, the run's trained parameters over its base model;
+  otherwise the base checkpoint with the prompt from its initializer (e.g.
+  `from_npy(PROMPT_FILE)`: prompt-tuning's way of evaluating a saved prompt).
+  """
+  if restore_model_dir:
+    params, _ = params_from_run(model, restore_model_dir, initial_checkpoint_path, use_best)
+    return params
+  return initial_params(model, initial_checkpoint_path, seed)

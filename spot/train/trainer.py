@@ -180,7 +180,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
     raise ValueError(f"BATCH_SIZE {train_dataset_cfg.batch_size} is not divisible by "
                      f"num_microbatches {num_microbatches}.")
   # Fail before any compute on a bad task name or feature lengths.
-  data_lib.get_task(train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.module)
+  data_lib.get_task(train_dataset_cfg.mixture_or_task_name, train_dataset_cfg.module,
+                    train_dataset_cfg.data_dir)
 
   ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep)
   params = state_lib.initial_params(model, initial_checkpoint_path, seed)

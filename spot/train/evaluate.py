@@ -1,0 +1,54 @@
+"""`evaluate()`: SeqIO metrics of a model (and prompt) on a task's split, as t5x eval."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+from etils import epath
+
+from spot import partitioning as partitioning_lib
+from spot.train import checkpointing, data as data_lib, progress, state as state_lib
+from spot.train.evaluation import Evaluator
+from spot.train.models import EncoderDecoderModel
+from spot.train.trainer import EvalConfig
+
+
+def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
+             output_dir: str, initial_checkpoint_path: Optional[str],
+             restore_model_dir: Optional[str] = None, use_best: bool = False,
+             num_examples: Optional[int] = None, decode: Optional[Mapping[str, Any]] = None,
+             seed: int = 0, partitioner: Optional[partitioning_lib.Partitioner] = None,
+             gin_config: Optional[str] = None) -> dict[str, float]:
+  """Evaluates and writes `output_dir/eval_results.json` and TensorBoard scalars.
+
+  Args:
+    model: the model; its prompt initializer supplies the prompt unless
+      `restore_model_dir` names a run whose trained parameters to use.
+    dataset_cfg: task or mixture, split, feature lengths (None: the data's max).
+    output_dir: where results go.
+    initial_checkpoint_path: the frozen base checkpoint (default: the run's).
+    use_best: restore the run's best checkpoint rather than its latest.
+  """
+  partitioner = partitioner or partitioning_lib.Partitioner.create()
+  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir)
+  out = epath.Path(output_dir)
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    if gin_config:
+      (out / "config_eval.gin").write_text(gin_config)
+  params = state_lib.params_for_inference(model, initial_checkpoint_path, restore_model_dir,
+                                          use_best, seed)
+  eval_cfg = EvalConfig(split=dataset_cfg.split, num_examples=num_examples,
+                        batch_size=dataset_cfg.batch_size,
+                        task_feature_lengths=dataset_cfg.task_feature_lengths, decode=decode)
+  with partitioner:
+    results = Evaluator(model, dataset_cfg, eval_cfg, partitioner).evaluate(params, 0)
+  if jax.process_index() == 0:
+    checkpointing.write_json_atomic(out / "eval_results.json", results)
+    summaries = progress.Summaries(str(out / "eval"))
+    summaries.scalars(0, {f"eval/{k}": v for k, v in results.items()})
+    summaries.close()
+    for k, v in sorted(results.items()):
+      print(f"{k}: {v:.4f}", flush=True)
+  return results

@@ -1,0 +1,82 @@
+"""`infer()`: decode a task's inputs and write predictions as JSONL, as t5x infer."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+from etils import epath
+
+from spot import partitioning as partitioning_lib
+from spot.train import data as data_lib, inference, progress, state as state_lib
+from spot.train.evaluation import MODEL_KEYS
+from spot.train.models import EncoderDecoderModel
+
+
+def _text(vocab: Any, ids: np.ndarray) -> str:
+  ids = [int(i) for i in ids]
+  if 1 in ids:  # EOS
+    ids = ids[: ids.index(1)]
+  return vocab.decode([i for i in ids if i > 0]) if vocab is not None else " ".join(map(str, ids))
+
+
+def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, output_dir: str,
+          initial_checkpoint_path: Optional[str], restore_model_dir: Optional[str] = None,
+          use_best: bool = False, num_examples: Optional[int] = None,
+          decode: Optional[Mapping[str, Any]] = None, max_decode_length: Optional[int] = None,
+          seed: int = 0, partitioner: Optional[partitioning_lib.Partitioner] = None,
+          gin_config: Optional[str] = None) -> str:
+  """Writes `output_dir/inference/<task>-<split>.jsonl` and returns its path.
+
+  Each line: {"index", "inputs", "prediction", "targets" (when the split has
+  them), "prompt_inputs" (per-example prompt ids, when the model uses them)}.
+  """
+  partitioner = partitioner or partitioning_lib.Partitioner.create()
+  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir)
+  params = state_lib.params_for_inference(model, initial_checkpoint_path, restore_model_dir,
+                                          use_best, seed)
+  cfg = dataset_cfg
+  converter = data_lib.PromptFeatureConverter(model.prompt_length)
+  ds = data_lib.get_dataset(cfg, converter, num_epochs=1, drop_remainder=False)
+  if num_examples:
+    ds = ds.unbatch().take(num_examples).batch(cfg.batch_size)
+  out_dir = epath.Path(output_dir) / "inference"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / f"{cfg.mixture_or_task_name}-{cfg.split}.jsonl"
+  tmp = out_dir / f".{path.name}.tmp{os.getpid()}"
+  vocab = model.vocabulary
+  length = max_decode_length or int(cfg.task_feature_lengths.get("targets", 64))
+  total = num_examples or 0
+  prog = progress.Progress(total or 1, 0, every=1, prefix="infer")
+  n_done = 0
+  with partitioner, tmp.open("w") as f:
+    for raw in data_lib.iterate(ds, cfg.mixture_or_task_name):
+      n = raw["encoder_input_tokens"].shape[0]
+      padded = {k: np.concatenate([v, np.zeros((cfg.batch_size - n,) + v.shape[1:], v.dtype)])
+                if n < cfg.batch_size else v for k, v in raw.items()}
+      batch = {k: v for k, v in padded.items() if k in MODEL_KEYS}
+      pin = model.prompt_inputs(padded)
+      if pin:
+        batch["prompt_inputs"] = pin
+      tokens, _ = inference.predict_batch(model.module, params, batch,
+                                          max_decode_length=length, **dict(decode or {}))
+      tokens = np.asarray(jax.device_get(tokens))[:n]
+      for i in range(n):
+        rec = {"index": n_done + i,
+               "inputs": _text(vocab, raw["encoder_input_tokens"][i]),
+               "prediction": _text(vocab, tokens[i])}
+        if "decoder_target_tokens" in raw:
+          rec["targets"] = _text(vocab, raw["decoder_target_tokens"][i])
+        if pin:
+          rec["prompt_inputs"] = {k: int(raw[k][i]) for k in pin}
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+      n_done += n
+      if total:
+        prog.log(min(n_done, total), {})
+  tmp.rename(path)
+  if jax.process_index() == 0:
+    print(f"Wrote {n_done} predictions to {path}", flush=True)
+  return str(path)
