@@ -47,7 +47,7 @@ def export(library: PromptLibrary, out: str, names: Optional[Iterable[str]] = No
   target = f"{os.fspath(out_path)}.tmp-{uuid.uuid4().hex}" if local else out_path
   try:
     with epath.Path(target).open("wb") as raw, \
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
       manifest = {"format": FORMAT, "version": VERSION, "entries": names}
       _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -74,9 +74,9 @@ def _member_path(member: tarfile.TarInfo, names: set[str]) -> tuple[str, str]:
 
 
 def _entries(tar: tarfile.TarFile, names: set[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-  """(name, files) of each entry, in archive order (entries are contiguous)."""
+  """(name, files) of each entry after the manifest (entries are contiguous)."""
   current, files = None, {}
-  for member in tar:
+  while (member := tar.next()) is not None:  # iter(tar) would restart at the manifest
     name, rel = _member_path(member, names)
     if name != current and current is not None:
       yield current, files

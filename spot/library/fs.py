@@ -25,6 +25,7 @@ R = TypeVar("R")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _THREADS = 16
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 def is_local(path: PathLike) -> bool:
@@ -40,6 +41,14 @@ def read_bytes(path: epath.Path) -> bytes:
   return epath.Path(path).read_bytes()
 
 
+def write_synced(path: str, data: bytes) -> None:
+  """Writes a local file and flushes it to disk (before it is renamed into place)."""
+  with open(path, "wb") as f:
+    f.write(data)
+    f.flush()
+    _datasync(f.fileno())
+
+
 def write_bytes(path: epath.Path, data: bytes, *, local: bool) -> None:
   """Writes `data` at `path`: atomically (temp file, fsync, rename) when local.
 
@@ -51,10 +60,7 @@ def write_bytes(path: epath.Path, data: bytes, *, local: bool) -> None:
     return
   tmp = f"{os.fspath(path)}.tmp-{uuid.uuid4().hex}"
   try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
+    write_synced(tmp, data)
     os.replace(tmp, os.fspath(path))
   finally:
     if os.path.exists(tmp):
@@ -74,10 +80,7 @@ def create_exclusive(path: epath.Path, data: bytes, *, local: bool) -> bool:
     path.write_bytes(data)
     return True
   tmp = f"{os.fspath(path)}.tmp-{uuid.uuid4().hex}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+  write_synced(tmp, data)
   try:
     os.link(tmp, os.fspath(path))
     return True
@@ -123,13 +126,30 @@ def list_dirs(path: epath.Path, *, local: bool) -> list[str]:
   return sorted(n for n in names if not n.startswith("."))
 
 
-def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
-  """Cheap change detectors for each sub-directory of a local `path`.
+def _fingerprint(dir_stat: os.stat_result, marker_stat: os.stat_result) -> str:
+  return (f"{dir_stat.st_ino}:{dir_stat.st_mtime_ns}:{dir_stat.st_ctime_ns}:"
+          f"{marker_stat.st_ino}:{marker_stat.st_mtime_ns}:{marker_stat.st_size}")
 
-  A directory's fingerprint combines its inode and times with the stat of its
-  `marker` file, so a replaced, removed or rewritten entry gets a new value
-  without reading any file. "" means the marker file is missing.
+
+def local_fingerprint(path: epath.Path, marker: str) -> Optional[str]:
+  """Change detector of one local directory: None if absent, "" without `marker`.
+
+  It combines the directory's inode and times with the stat of its `marker`
+  file, so a replaced, removed or rewritten entry gets a new value without
+  reading any file.
   """
+  try:
+    st = os.stat(os.fspath(path), follow_symlinks=False)
+  except FileNotFoundError:
+    return None
+  try:
+    return _fingerprint(st, os.stat(os.path.join(os.fspath(path), marker)))
+  except FileNotFoundError:
+    return ""
+
+
+def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
+  """`local_fingerprint` of each sub-directory of a local `path` (one scandir)."""
   out = {}
   try:
     it = os.scandir(os.fspath(path))
@@ -141,12 +161,9 @@ def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
         continue
       try:
         st = d.stat(follow_symlinks=False)
-        ms = os.stat(os.path.join(d.path, marker))
+        out[d.name] = _fingerprint(st, os.stat(os.path.join(d.path, marker)))
       except FileNotFoundError:
         out[d.name] = ""
-        continue
-      out[d.name] = (f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:"
-                     f"{ms.st_ino}:{ms.st_mtime_ns}:{ms.st_size}")
   return out
 
 

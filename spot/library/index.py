@@ -67,8 +67,9 @@ class Index:
 
 EMPTY = Index(rows={}, models={})
 
-# name -> (row, {metric: vector [D]} or None when the row has a problem)
-Loader = Callable[[str, str], tuple[Row, Optional[dict[str, np.ndarray]]]]
+# (name, fingerprint) -> (row, {metric: vector [D]}); the vectors are None when
+# the row has a problem, and the row is None when the entry vanished meanwhile.
+Loader = Callable[[str, str], tuple[Optional[Row], Optional[dict[str, np.ndarray]]]]
 
 
 def refresh(index: Index, fingerprints: Mapping[str, str], load: Loader) -> tuple[Index, bool]:
@@ -89,6 +90,8 @@ def refresh(index: Index, fingerprints: Mapping[str, str], load: Loader) -> tupl
         vectors[name] = {m: v[i] for m, v in mi.vectors.items()}
   rows = {n: r for n, r in index.rows.items() if n in fingerprints and n not in stale}
   for row, vec in fs.parallel_map(lambda n: load(n, fingerprints[n]), stale):
+    if row is None:
+      continue
     rows[row.name] = row
     if vec is not None and not row.problem:
       vectors[row.name] = vec

@@ -23,7 +23,7 @@ import os
 import urllib.parse
 import uuid
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 from etils import epath
@@ -43,7 +43,10 @@ MODELS_DIR = "models"
 INDEX_FILE = "index/index.npz"
 TMP_DIR = "tmp"
 _MAX_OVERWRITE_TRIES = 20
+_READ_TRIES = 3
+_PARTIAL = "partial entry: entry.json is missing (an add in progress, or interrupted)"
 
+T = TypeVar("T")
 Embeddings = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
 
 
@@ -171,10 +174,12 @@ class PromptLibrary:
     """Fixes a model's embed_dim on its first entry; refuses a different one later."""
     path = self.path / MODELS_DIR / (urllib.parse.quote(info.name, safe="") + ".json")
     record = {"name": info.name, "embed_dim": info.embed_dim}
-    if fs.create_exclusive(path, _dump_json(record), local=self._local):
-      return
     try:
       known = json.loads(fs.read_bytes(path))["embed_dim"]
+    except FileNotFoundError:
+      if fs.create_exclusive(path, _dump_json(record), local=self._local):
+        return
+      known = json.loads(fs.read_bytes(path))["embed_dim"]  # a concurrent first add won
     except (ValueError, KeyError, OSError):
       fs.write_bytes(path, _dump_json(record), local=self._local)  # repair a damaged record
       return
@@ -195,10 +200,7 @@ class PromptLibrary:
       for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
         path = staging / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(os.fspath(path), "wb") as f:
-          f.write(files[rel])
-          f.flush()
-          os.fsync(f.fileno())
+        fs.write_synced(os.fspath(path), files[rel])
       for _ in range(_MAX_OVERWRITE_TRIES):
         if fs.rename_dir(staging, self._dir(name)):
           return
@@ -282,14 +284,37 @@ class PromptLibrary:
             f"; it has {len(names)} entries (spot library --library {self.path} list)")
     return EntryNotFoundError(f"no entry {name!r} in prompt library {self.path}{hint}")
 
+  def _fingerprint(self, name: str) -> Optional[str]:
+    """The entry's change detector (see `_fingerprints`); None if it is absent."""
+    if self._local:
+      return fs.local_fingerprint(self._dir(name), entry_lib.ENTRY_FILE)
+    try:
+      return fs.sha256(fs.read_bytes(self._dir(name) / entry_lib.ENTRY_FILE))
+    except FileNotFoundError:
+      return "" if self._dir(name).exists() else None
+
+  def _stable(self, name: str, read: Callable[[], T]) -> tuple[T, Optional[str]]:
+    """(read(), fingerprint before it), retried if a writer replaced the entry meanwhile.
+
+    Reading entry.json and then the arrays is two steps; an overwrite between
+    them would look like a checksum mismatch without this check.
+    """
+    for attempt in range(_READ_TRIES):
+      before = self._fingerprint(name)
+      try:
+        return read(), before
+      except CorruptEntryError:
+        if attempt + 1 == _READ_TRIES or self._fingerprint(name) == before:
+          raise
+    raise AssertionError("unreachable")
+
   def _read_entry(self, name: str) -> Entry:
     """Parses `entry.json` of `name`; raises CorruptEntryError or EntryNotFoundError."""
     try:
       data = fs.read_bytes(self._dir(name) / entry_lib.ENTRY_FILE)
     except FileNotFoundError:
       if self._dir(name).exists():
-        raise CorruptEntryError("partial entry: entry.json is missing (an add in progress "
-                                "or interrupted)") from None
+        raise CorruptEntryError(_PARTIAL) from None
       raise EntryNotFoundError(name) from None
     return entry_lib.entry_from_json(data, name)
 
@@ -315,7 +340,7 @@ class PromptLibrary:
     self._require()
     entry_lib.check_name(name)
     try:
-      return self._validate(name)[0]
+      return self._stable(name, lambda: self._validate(name)[0])[0]
     except EntryNotFoundError:
       raise self._not_found(name) from None
     except CorruptEntryError as e:
@@ -329,9 +354,11 @@ class PromptLibrary:
     """A task embedding of `name` (default: the one queries use), verified."""
     self._require()
     entry_lib.check_name(name)
+    def read() -> np.ndarray:
+      return entry_lib.read_array(self._dir(name), self._read_entry(name).record(key))
+
     try:
-      entry = self._read_entry(name)
-      return entry_lib.read_array(self._dir(name), entry.record(key))
+      return self._stable(name, read)[0]
     except EntryNotFoundError:
       raise self._not_found(name) from None
     except CorruptEntryError as e:
@@ -364,17 +391,15 @@ class PromptLibrary:
     return dict(fs.parallel_map(remote, fs.list_dirs(entries, local=False)))
 
   def _index_row(self, name: str, fingerprint: str
-                 ) -> tuple[index_lib.Row, Optional[dict[str, np.ndarray]]]:
+                 ) -> tuple[Optional[index_lib.Row], Optional[dict[str, np.ndarray]]]:
     try:
       entry_lib.check_name(name)
-      if not fingerprint:
-        raise CorruptEntryError("partial entry: entry.json is missing (an add in progress or "
-                                "interrupted)")
-      entry, arrays = self._validate(name)
+      (entry, arrays), seen = self._stable(name, lambda: self._validate(name))
+    except EntryNotFoundError:
+      return None, None  # removed since it was listed
     except (LibraryError, OSError) as e:
-      if isinstance(e, EntryNotFoundError):
-        e = CorruptEntryError("removed while being indexed")
       return index_lib.Row(name, fingerprint, problem=str(e)), None
+    fingerprint = seen if seen is not None else fingerprint
     query = arrays[entry.query_key]
     vectors = {m: similarity.summary_vector(query, m) for m in similarity.METRICS}
     return index_lib.Row(name, fingerprint, entry.model.name, entry.task), vectors
@@ -439,5 +464,5 @@ class PromptLibrary:
     fingerprints = self._fingerprints()
     rows = fs.parallel_map(lambda n: self._index_row(n, fingerprints[n])[0],
                            sorted(fingerprints))
-    return [(r.name, r.problem) for r in rows if r.problem]
+    return [(r.name, r.problem) for r in rows if r is not None and r.problem]
 
