@@ -142,7 +142,7 @@ def topp_mask(logits: Array, topp: Union[float, Array]) -> Array:
 
   Args:
     logits: [N, V] float logits.
-    topp: cumulative probability threshold in (0, 1].
+    topp: cumulative probability threshold in (0, 1]; 1 keeps every token.
 
   Returns:
     [N, V] filtered logits.
@@ -150,7 +150,7 @@ def topp_mask(logits: Array, topp: Union[float, Array]) -> Array:
   sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
   probs = jax.nn.softmax(sorted_logits, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  keep = mass_before < topp
+  keep = (mass_before < topp) | (jnp.asarray(topp) >= 1.0)  # float rounding at topp=1
   keep = keep.at[..., 0].set(True)
   threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
   return jnp.where(logits < threshold, NEG_INF, logits)

@@ -60,10 +60,10 @@ def _encoder_batch(batch: Batch) -> dict[str, Any]:
 
 def _target_batch(batch: Batch) -> dict[str, Any]:
   """Encoder arrays plus decoder inputs, targets and weights for teacher-forced scoring."""
+  out = _encoder_batch(batch)
   if "decoder_target_tokens" not in batch:
     raise ValueError("Scoring needs batch['decoder_target_tokens'] [batch, length] (padded "
                      f"with 0); got keys {sorted(batch)}.")
-  out = _encoder_batch(batch)
   targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
   if targets.ndim != 2 or targets.shape[0] != out["encoder_input_tokens"].shape[0]:
     raise ValueError("batch['decoder_target_tokens'] must be [batch, length] with the batch "

@@ -88,9 +88,15 @@ def full_log_probs(model, params, enc_tokens, sequences) -> np.ndarray:
 
   Every decoder position is marked valid, so with the causal mask position t
   sees exactly the prefix sequences[:, :t], as in step-by-step decoding.
+  Inputs are padded to [32k, LENGTH] so that one compiled program serves all tests.
   """
-  return np.asarray(_jitted_log_probs(model)(params, jnp.asarray(enc_tokens, jnp.int32),
-                                             jnp.asarray(sequences, jnp.int32)))
+  n, length = np.shape(sequences)
+  rows = -(-n // 32) * 32
+  pad = lambda x, cols: np.pad(np.asarray(x, np.int32), ((0, rows - n), (0, cols - x.shape[1])))
+  enc_tokens = np.asarray(enc_tokens)
+  out = _jitted_log_probs(model)(params, pad(enc_tokens, enc_tokens.shape[1]),
+                                 pad(np.asarray(sequences), max(length, LENGTH)))
+  return np.asarray(out)[:n, :length]
 
 
 def uncached_greedy(model, params, enc_tokens, length: int = LENGTH) -> np.ndarray:
@@ -159,7 +165,8 @@ def test_argument_errors_name_the_fix():
 # ------------------------------------------------------------------------------
 
 NUM_SAMPLES = 8
-# Shared decode functions: each compiles once for all the tests that use it.
+# Shared decode functions: each compiles once for all the tests that use it
+# (values passed through `decode_with(**traced_kwargs)` do not recompile).
 GREEDY = decoding.greedy_decode
 SAMPLE = functools.partial(decoding.temperature_sample, topk=0, num_decodes=NUM_SAMPLES,
                            rescale_log_probs=False)
@@ -211,8 +218,8 @@ def test_sampling_topk1_equals_greedy(t5):
 
 def test_sampling_is_deterministic_given_rng_and_scores_its_samples(t5):
   model, params, enc = t5
-  run = lambda seed: decode_with(model, params, enc, SAMPLE, k=NUM_SAMPLES,
-                                 decode_rng=jax.random.PRNGKey(seed))
+  run = lambda seed: decode_with(model, params, enc, SAMPLE, k=NUM_SAMPLES, temperature=1.0,
+                                 topp=1.0, decode_rng=jax.random.PRNGKey(seed))
   (a, a_lp), (b, _), (c, _) = run(0), run(0), run(1)
   np.testing.assert_array_equal(a, b)
   assert (a != c).any()
@@ -226,14 +233,19 @@ def test_sampling_is_deterministic_given_rng_and_scores_its_samples(t5):
   np.testing.assert_allclose(a_lp.reshape(-1), sequence_log_prob(lp, flat), rtol=1e-4, atol=1e-3)
 
 
+TOPK_2 = functools.partial(decoding.temperature_sample, topk=2, num_decodes=NUM_SAMPLES)
+
+
 @pytest.mark.parametrize("topk,topp", [(2, 0.0), (0, 0.5)])
 def test_topk_and_topp_sample_only_allowed_tokens(t5, topk, topp):
   model, params, enc = t5
   temperature = 3.0
-  sample = functools.partial(decoding.temperature_sample, temperature=temperature, topk=topk,
-                             topp=topp, num_decodes=NUM_SAMPLES)
-  seqs, _ = decode_with(model, params, enc, sample, k=NUM_SAMPLES,
-                        decode_rng=jax.random.PRNGKey(3))
+  if topk:
+    seqs, _ = decode_with(model, params, enc, TOPK_2, k=NUM_SAMPLES, temperature=temperature,
+                          decode_rng=jax.random.PRNGKey(3))
+  else:
+    seqs, _ = decode_with(model, params, enc, SAMPLE, k=NUM_SAMPLES, temperature=temperature,
+                          topp=topp, decode_rng=jax.random.PRNGKey(3))
   flat = seqs.reshape(-1, LENGTH)
   lp = full_log_probs(model, params, np.repeat(enc, NUM_SAMPLES, axis=0), flat)
   scaled = jnp.asarray(lp) / temperature
