@@ -286,6 +286,29 @@ def as_data_dirs(data_dir: DataDirs) -> tuple[str, ...]:
   return tuple(os.fspath(d) for d in data_dir)
 
 
+def local_roots(data_dir: DataDirs, subfolders: Sequence[str]) -> tuple[str, ...]:
+  """`data_dir` itself, then its benchmark sub-folders (e.g. `<data_dir>/glue`),
+  so one DATA_DIR can hold GLUE, SuperGLUE and other data side by side."""
+  dirs = as_data_dirs(data_dir)
+  return dirs + tuple(os.path.join(d, sub) for d in dirs for sub in subfolders)
+
+
+def has_local_files(data_dirs: Sequence[str], layout: LocalLayout) -> bool:
+  """Whether any split file of `layout` exists (folders are checked first, so
+  a data directory on GCS costs one listing per folder, not per file)."""
+  folders = [os.path.join(d, f) for d in data_dirs for f in layout.folders]
+  return any(tf.io.gfile.exists(os.path.join(folder, name))
+             for folder in folders if tf.io.gfile.isdir(folder)
+             for names in layout.split_files.values() for name in names)
+
+
+def registered_vocabulary(name: str) -> Optional[seqio.Vocabulary]:
+  """The vocabulary of a registered task, or None if it is not registered."""
+  if name not in seqio.TaskRegistry.names():
+    return None
+  return seqio.TaskRegistry.get(name).output_features["targets"].vocabulary
+
+
 def find_split_file(data_dirs: Sequence[str], layout: LocalLayout, split: str,
                     task_name: str) -> str:
   """The first existing candidate file for `split`, or an error naming them."""

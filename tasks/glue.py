@@ -207,4 +207,22 @@ def register_glue(data_dir: common.DataDirs = None, vocabulary: common.Vocabular
   return names
 
 
+def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue") -> list[str]:
+  """The DATA_DIR hook of `spot.tasks.register_local`.
+
+  Re-registers, under their usual names, the GLUE tasks whose files exist in
+  `data_dir` or its `glue/` sub-folder; the others keep reading TFDS. Each
+  task keeps the vocabulary it was registered with.
+
+  Returns:
+    The names now reading local files.
+  """
+  roots = common.local_roots(data_dir, ("glue", "GLUE"))
+  keys = [k for k, t in GLUE_TASKS.items() if common.has_local_files(roots, t.layout)]
+  if not keys:
+    return []
+  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
+  return register_glue(data_dir=roots, vocabulary=vocab, name_prefix=name_prefix, tasks=keys)
+
+
 GLUE_TASK_NAMES = register_glue()

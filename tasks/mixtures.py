@@ -128,4 +128,17 @@ def mixture_rates(name: str) -> dict[str, float]:
   return {task.name: mixture.get_rate(task) for task in mixture.tasks}
 
 
+def register_local(data_dir: str) -> list[str]:
+  """The DATA_DIR hook of `spot.tasks.register_local`: rebuilds the default
+  mixtures over the tasks as they are now registered (the GLUE / SuperGLUE
+  hooks, which run first, may have pointed some at local files).
+
+  Returns:
+    [] — a mixture reads no files itself.
+  """
+  del data_dir
+  register_spot_mixtures()
+  return []
+
+
 SPOT_MIXTURE_NAMES = register_spot_mixtures()

@@ -172,4 +172,23 @@ def register_superglue(data_dir: common.DataDirs = None,
   return names
 
 
+def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_superglue") -> list[str]:
+  """The DATA_DIR hook of `spot.tasks.register_local`.
+
+  Re-registers, under their usual names, the SuperGLUE tasks whose files exist
+  in `data_dir` or its `superglue/` sub-folder; the others keep reading TFDS.
+  Each task keeps the vocabulary it was registered with.
+
+  Returns:
+    The names now reading local files.
+  """
+  roots = common.local_roots(data_dir, ("superglue", "SuperGLUE", "super_glue"))
+  keys = [k for k, t in SUPERGLUE_TASKS.items() if common.has_local_files(roots, t.layout)]
+  if not keys:
+    return []
+  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
+  return register_superglue(data_dir=roots, vocabulary=vocab, name_prefix=name_prefix,
+                            tasks=keys)
+
+
 SUPERGLUE_TASK_NAMES = register_superglue()

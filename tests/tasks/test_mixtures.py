@@ -99,3 +99,25 @@ def test_sampling_across_benchmarks(local_glue, local_superglue):
   counts = _sample_tasks("test_local2_nli_mix", 200)
   # With the cap at 3000, MNLI, QNLI and RTE weigh 3000 / 3000 / 2490 and CB 250.
   assert {"test_glue_mnli", "test_glue_qnli", "test_glue_rte"} <= set(counts)
+
+
+def test_data_dir_hook_points_default_names_at_local_files(shared_data):
+  import seqio
+  from spot.tasks import glue, mixtures, superglue
+  try:
+    names = glue.register_local(str(shared_data)) + superglue.register_local(str(shared_data))
+    assert mixtures.register_local(str(shared_data)) == []
+    # ../shared/data/glue holds all but MNLI (only in a sub-folder) and WNLI; CB's
+    # val.jsonl is held out but its train32.jsonl counts.
+    assert names == [f"spot_glue_{k}" for k in
+                     ("cola", "sst2", "mrpc", "qqp", "stsb", "qnli", "rte")] + [
+                         f"spot_superglue_{k}" for k in superglue.SUPERGLUE_TASKS]
+    rte = seqio.get_mixture_or_task("spot_glue_rte")
+    assert isinstance(rte.source, seqio.FunctionDataSource)
+    assert isinstance(seqio.get_mixture_or_task("spot_glue_wnli").source, seqio.TfdsDataSource)
+    assert rte in seqio.get_mixture_or_task("spot_glue_mix").tasks  # mixture rebuilt
+    assert glue.register_local(str(shared_data / "superglue")) == []
+  finally:  # back to the import-time TFDS registrations for the other tests
+    glue.register_glue()
+    superglue.register_superglue()
+    mixtures.register_spot_mixtures()
