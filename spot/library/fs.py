@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import re
 import shutil
+import time
 import uuid
 from concurrent import futures
 from typing import Callable, Iterable, Optional, TypeVar, Union
@@ -26,6 +28,9 @@ R = TypeVar("R")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _THREADS = 16
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+# File times are coarse (a clock tick), so a directory changed this recently may
+# change again without its times moving: its stamp is not trusted.
+RACY_NS = 2_000_000_000
 
 
 def is_local(path: PathLike) -> bool:
@@ -39,6 +44,19 @@ def sha256(data: bytes) -> str:
 
 def read_bytes(path: epath.Path) -> bytes:
   return epath.Path(path).read_bytes()
+
+
+def map_file(path: epath.Path, *, local: bool) -> Union[bytes, mmap.mmap]:
+  """A read-only memory map of a local file (bytes if empty or remote).
+
+  The map keeps reading the file it opened even if a writer replaces it.
+  """
+  if not local:
+    return read_bytes(path)
+  with open(os.fspath(path), "rb") as f:
+    if os.fstat(f.fileno()).st_size == 0:
+      return b""
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def write_synced(path: str, data: bytes) -> None:
@@ -165,6 +183,16 @@ def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
       except FileNotFoundError:
         out[d.name] = ""
   return out
+
+
+def dir_stamp(path: epath.Path) -> str:
+  """A local directory's identity and times: equal stamps mean no entry was
+  added, removed or renamed in it. "" when it changed too recently to tell.
+  """
+  st = os.stat(os.fspath(path))
+  if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+    return ""
+  return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_nlink}:{st.st_size}"
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T],

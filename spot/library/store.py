@@ -408,16 +408,22 @@ class PromptLibrary:
     """The query index, brought up to date with the entries on disk.
 
     Corrupt or partial entries are reported with a `LibraryWarning` and left
-    out; only new or changed entries are read.
+    out; only new or changed entries are read. Locally, when no entry was
+    added, removed or replaced since the index was made (the `entries/`
+    folder's stamp is unchanged), not even the listing is re-read.
     """
     self._require()
-    fingerprints = self._fingerprints()
+    stamp = fs.dir_stamp(self.path / ENTRIES_DIR) if self._local else ""  # before listing
     if self._index is None:
       try:
-        self._index = index_lib.loads(fs.read_bytes(self.path / INDEX_FILE))
+        self._index = index_lib.loads(fs.map_file(self.path / INDEX_FILE, local=self._local))
       except (FileNotFoundError, OSError):
         self._index = index_lib.EMPTY
-    index, changed = index_lib.refresh(self._index, fingerprints, self._index_row)
+    if stamp and stamp == self._index.stamp:
+      index, changed = self._index, False
+    else:
+      index, changed = index_lib.refresh(self._index, self._fingerprints(), self._index_row,
+                                         stamp)
     if changed:
       try:
         (self.path / INDEX_FILE).parent.mkdir(parents=True, exist_ok=True)

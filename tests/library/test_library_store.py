@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import os
 import pathlib
 import warnings
@@ -15,6 +16,7 @@ import spot
 from spot.library import (CorruptEntryError, EntryExistsError, EntryNotFoundError,
                           LibraryError, LibraryNotFoundError, LibraryWarning, ModelInfo,
                           ModelMismatchError, PromptLibrary, Provenance)
+from spot.library import fs
 from spot.library import index as index_lib
 
 
@@ -204,3 +206,22 @@ def test_path_may_be_a_string(tmp_path: pathlib.Path, make_prompt, model):
   lib = PromptLibrary(str(tmp_path / "s"))
   lib.add("a", make_prompt(1), model=model)
   assert repr(lib).startswith("PromptLibrary(") and lib.names() == ["a"]
+
+
+def test_unchanged_listing_is_not_rescanned(lib, make_prompt, model, monkeypatch):
+  monkeypatch.setattr(fs, "RACY_NS", 0)  # trust even fresh timestamps in this test
+  for i in range(3):
+    lib.add(f"e{i}", make_prompt(i), model=model)
+  old = time.time_ns() - 10**10
+  os.utime(os.fspath(lib.path / "entries"), ns=(old, old))
+  assert lib.names() == ["e0", "e1", "e2"]
+  scans = []
+  original = PromptLibrary._fingerprints
+  monkeypatch.setattr(PromptLibrary, "_fingerprints",
+                      lambda self: scans.append(1) or original(self))
+  assert PromptLibrary(lib.path).names() == ["e0", "e1", "e2"]  # stamp read from index.npz
+  assert lib.names() == ["e0", "e1", "e2"] and scans == []
+  lib.add("e3", make_prompt(3), model=model)
+  assert lib.names() == ["e0", "e1", "e2", "e3"] and scans == [1]
+  lib.remove("e0")
+  assert lib.names() == ["e1", "e2", "e3"]
