@@ -42,12 +42,14 @@ def tatoeba_sentences(text_dir: pathlib.Path, codes: Sequence[str] = languages.W
 
 def train(text_dir: pathlib.Path, out_prefix: pathlib.Path, vocab_size: int = 3000,
           lines_per_language: int = 200, num_threads: int = 2) -> str:
-  """Trains a unigram model; returns the path of the .model file."""
+  """Trains a unigram model with T5's special ids (pad 0, EOS 1, UNK 2, no
+  BOS); returns the path of the .model file."""
   pathlib.Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
   sentencepiece.SentencePieceTrainer.train(
       sentence_iterator=iter(tatoeba_sentences(text_dir, lines_per_language=lines_per_language)),
       model_prefix=str(out_prefix), vocab_size=vocab_size, model_type="unigram",
-      character_coverage=1.0, byte_fallback=True, num_threads=num_threads, minloglevel=2)
+      character_coverage=1.0, byte_fallback=True, num_threads=num_threads, minloglevel=2,
+      pad_id=0, eos_id=1, unk_id=2, bos_id=-1)  # T5/mT5's special ids
   return f"{out_prefix}.model"
 
 

@@ -26,12 +26,12 @@ import functools
 import os
 from typing import Any, Callable, Sequence, Union
 
-import gcld3
 import sentencepiece
 from etils import epath
 from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
 
+from spot.xgen import cld3
 from spot.xgen import languages
 
 MT5_SPM = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
@@ -150,7 +150,7 @@ def sp_rouge(predictions: Sequence[str], targets: Sequence[str],
 def detect_languages(texts: Sequence[str],
                      max_num_bytes: int = LID_MAX_BYTES) -> list[tuple[str, float]]:
   """cld3's (language, probability) for each text; ("und", 0.0) when it has no letter."""
-  identifier = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=max_num_bytes)
+  identifier = cld3.identifier(max_num_bytes)
   out = []
   for text in _texts(texts, "texts"):
     if not any(c.isalpha() for c in text):  # cld3 guesses on empty input; we do not

@@ -33,7 +33,10 @@ from spot.xgen import languages
 DEFAULT_INPUTS_LENGTH = 512
 DEFAULT_DOCS_PER_BATCH = 128
 DEFAULT_LINES_PER_DOCUMENT = 8
-_SENTENCE_END = r"([.!?。！？।॥])\s+"
+# Sentence ends: Latin/Devanagari punctuation before a space; CJK full stops
+# anywhere (those scripts put no space after them).
+_SENTENCE_END = r"([.!?।॥])\s+"
+_CJK_SENTENCE_END = r"([。！？])\s*"
 
 
 # ------------------------------------------------------------ raw text shaping
@@ -66,12 +69,13 @@ def summarization(dataset: tf.data.Dataset, source_key: str = "source",
 def lead_sentence(dataset: tf.data.Dataset, text_key: str = "text") -> tf.data.Dataset:
   """`{"text"}` -> `{"inputs": rest of the document, "targets": first sentence}`.
 
-  Sentences end at a newline or at sentence-final punctuation followed by
-  space; documents of a single sentence are dropped.
+  Sentences end at a newline, at sentence-final punctuation followed by
+  space, or at a CJK full stop; documents of a single sentence are dropped.
   """
 
   def split(x):
     text = tf.strings.regex_replace(x[text_key], _SENTENCE_END, "\\1\n")
+    text = tf.strings.regex_replace(text, _CJK_SENTENCE_END, "\\1\n")
     parts = tf.strings.strip(tf.strings.split(text, "\n"))
     parts = tf.boolean_mask(parts, tf.strings.length(parts) > 0)
     rest = tf.strings.reduce_join(parts[1:], separator=" ")

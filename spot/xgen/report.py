@@ -86,7 +86,7 @@ def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> dict
 def _write_atomic(path: epath.Path, text: str) -> None:
   tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def write_run_scores(run_dir: PathLike, scores: Mapping[str, Mapping[str, float]], *,
