@@ -1,6 +1,7 @@
 """The query index: one summary vector per entry and metric, grouped by model.
 
-The index is a cache at `PATH/index/index.npz`. Each row carries the entry's
+The index is a cache at `PATH/index/index.npz` (a JSON header and raw float32
+matrices; the extension is historical, it is not a NumPy .npz). Each row carries the entry's
 fingerprint (see `fs.local_fingerprints`); a reader compares the rows with a
 fresh listing of `PATH/entries/` and re-reads only what is new or changed, so
 the index is never trusted beyond what the listing confirms and concurrent
@@ -13,7 +14,7 @@ import bisect
 import dataclasses
 import json
 import mmap
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -24,8 +25,7 @@ _MAGIC = b"SPOTIDX\x00"
 _ALIGN = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
   """What the index knows of one entry directory; `problem` is "" if valid."""
 
   name: str
@@ -142,7 +142,7 @@ def dumps(index: Index) -> bytes:
   header = json.dumps({
       "version": INDEX_VERSION,
       "stamp": index.stamp,
-      "rows": [dataclasses.astuple(r) for _, r in sorted(index.rows.items())],
+      "rows": [list(r) for _, r in sorted(index.rows.items())],
       "models": [{"name": m, "entries": list(index.models[m].names)} for m in models],
       "arrays": layout,
   }).encode()
@@ -180,7 +180,7 @@ def loads(data: Union[bytes, mmap.mmap]) -> Index:
           v.shape[0] != len(m["entries"]) for v in vecs.values()):
         return EMPTY
       models[m["name"]] = ModelIndex(names=tuple(m["entries"]), vectors=vecs)
-    rows = {r[0]: Row(*r) for r in header["rows"]}
+    rows = {r[0]: Row._make(r) for r in header["rows"]}
   except (ValueError, KeyError, TypeError, IndexError):
     return EMPTY
   return Index(rows=rows, models=models, stamp=str(header.get("stamp", "")))

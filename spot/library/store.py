@@ -9,8 +9,9 @@ Layout under the library path:
 
 Local adds are staged in `tmp/` and renamed into `entries/` in one step, so a
 reader sees a complete entry or none, and two writers of one name cannot both
-win. On an object store, arrays are written before `entry.json`, so an entry in
-progress reads as partial and is skipped until it is complete.
+win. On an object store there is no atomic rename: each add writes arrays with
+names of its own (`prompt-<uid>.npy`) and then `entry.json`, so a first add in
+progress reads as partial (skipped) and an overwrite switches in one step.
 """
 
 from __future__ import annotations
@@ -137,9 +138,12 @@ class PromptLibrary:
       raise ModelMismatchError(f"the prompt of {name!r} has embed dim {dim}, but model "
                                f"{info.name!r} was given embed_dim {info.embed_dim}.")
     info = dataclasses.replace(info, embed_dim=dim)
-    files = {entry_lib.PROMPT_FILE: entry_lib.encode_array(prompt)}
-    prompt_rec = entry_lib.make_record(entry_lib.PROMPT_FILE, prompt,
-                                       files[entry_lib.PROMPT_FILE])
+    uid = uuid.uuid4().hex
+    # On an object store each write gets its own array names (see _install_remote).
+    suffix = "" if self._local else f"-{uid[:12]}"
+    prompt_file = entry_lib.PROMPT_FILE.replace(".npy", f"{suffix}.npy")
+    files = {prompt_file: entry_lib.encode_array(prompt)}
+    prompt_rec = entry_lib.make_record(prompt_file, prompt, files[prompt_file])
     records = []
     pairs = list(embeddings.items()) if isinstance(embeddings, Mapping) else list(embeddings or [])
     for key, value in pairs:
@@ -152,7 +156,7 @@ class PromptLibrary:
         raise ModelMismatchError(
             f"task embedding {key!r} of {name!r} has embed dim {arr.shape[1]} but the prompt "
             f"has {dim}; both must come from the same base model.")
-      file = f"{entry_lib.EMBEDDINGS_DIR}/{key}.npy"
+      file = f"{entry_lib.EMBEDDINGS_DIR}/{key}{suffix}.npy"
       files[file] = entry_lib.encode_array(arr)
       records.append((key, entry_lib.make_record(file, arr, files[file])))
     prov = provenance or Provenance()
@@ -160,7 +164,7 @@ class PromptLibrary:
                                spot_version=prov.spot_version or spot.__version__)
     entry = Entry(name=name, model=info, task=task, prompt=prompt_rec,
                   embeddings=tuple(records), metrics=dict(metrics or {}), provenance=prov,
-                  meta=dict(meta or {}), uid=uuid.uuid4().hex)
+                  meta=dict(meta or {}), uid=uid)
     try:
       files[entry_lib.ENTRY_FILE] = _dump_json(entry.to_json())
     except TypeError as e:
@@ -219,17 +223,28 @@ class PromptLibrary:
       fs.rmtree(staging, local=True)
 
   def _install_remote(self, name: str, files: Mapping[str, bytes], *, overwrite: bool) -> None:
+    """Object-store install: arrays (uniquely named by `add`) first, entry.json last.
+
+    Readers see the old entry.json or the new one, each with its own arrays;
+    arrays no longer referenced are deleted afterwards.
+    """
     target = self._dir(name)
     marker = target / entry_lib.ENTRY_FILE
-    if marker.exists():
-      if not overwrite:
-        raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
-                               "overwrite=True (CLI: --overwrite) to replace it.")
-      marker.unlink()  # readers now skip it as partial until entry.json is back
-    fs.rmtree(target, local=False)
+    if marker.exists() and not overwrite:
+      raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
+                             "overwrite=True (CLI: --overwrite) to replace it.")
     for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
       (target / rel).parent.mkdir(parents=True, exist_ok=True)
       fs.write_bytes(target / rel, files[rel], local=False)
+    try:  # whoever wrote entry.json last owns the entry; drop what it does not name
+      current = entry_lib.entry_from_json(fs.read_bytes(marker), name)
+    except (CorruptEntryError, FileNotFoundError):
+      return
+    keep = {entry_lib.ENTRY_FILE, current.prompt.file} | {r.file for _, r in current.embeddings}
+    for folder in (target, target / entry_lib.EMBEDDINGS_DIR):
+      for path in (folder.iterdir() if folder.is_dir() else []):
+        if path.is_file() and str(path.relative_to(target)) not in keep:
+          path.unlink()
 
   def remove(self, name: str) -> None:
     """Removes entry `name` (valid or corrupt)."""
@@ -335,28 +350,10 @@ class PromptLibrary:
         f"entry {name!r} in {self.path} is corrupt: {problem}. Remove it (spot library "
         f"--library {self.path} remove {name}) and add it again.")
 
-  def entry(self, name: str) -> Entry:
-    """The metadata of a valid entry (all its files are verified)."""
+  def _read_valid(self, name: str, read: Callable[[], T]) -> T:
+    """`read()` of entry `name`, with the public errors (close names; the fix)."""
     self._require()
     entry_lib.check_name(name)
-    try:
-      return self._stable(name, lambda: self._validate(name)[0])[0]
-    except EntryNotFoundError:
-      raise self._not_found(name) from None
-    except CorruptEntryError as e:
-      raise self._corrupt(name, e) from None
-
-  def prompt(self, name: str) -> np.ndarray:
-    """The source prompt [P, D] of entry `name`, checksum-verified."""
-    return self.embedding(name, entry_lib.PROMPT_KEY)
-
-  def embedding(self, name: str, key: Optional[str] = None) -> np.ndarray:
-    """A task embedding of `name` (default: the one queries use), verified."""
-    self._require()
-    entry_lib.check_name(name)
-    def read() -> np.ndarray:
-      return entry_lib.read_array(self._dir(name), self._read_entry(name).record(key))
-
     try:
       return self._stable(name, read)[0]
     except EntryNotFoundError:
@@ -364,16 +361,33 @@ class PromptLibrary:
     except CorruptEntryError as e:
       raise self._corrupt(name, e) from None
 
+  def entry(self, name: str) -> Entry:
+    """The metadata of a valid entry (all its files are verified)."""
+    return self._read_valid(name, lambda: self._validate(name)[0])
+
+  def prompt(self, name: str) -> np.ndarray:
+    """The source prompt [P, D] of entry `name`, checksum-verified."""
+    return self.embedding(name, entry_lib.PROMPT_KEY)
+
+  def embedding(self, name: str, key: Optional[str] = None) -> np.ndarray:
+    """A task embedding of `name` (default: the one queries use), verified."""
+    return self._read_valid(name, lambda: entry_lib.read_array(
+        self._dir(name), self._read_entry(name).record(key)))
+
   def files(self, name: str) -> dict[str, bytes]:
     """The raw files of a valid entry, verified (what `export` archives)."""
-    entry = self.entry(name)
-    rels = [entry_lib.ENTRY_FILE, entry.prompt.file] + [r.file for _, r in entry.embeddings]
-    files = {rel: fs.read_bytes(self._dir(name) / rel) for rel in rels}
-    try:
+
+    def read() -> dict[str, bytes]:
+      entry = self._read_entry(name)
+      rels = [entry_lib.ENTRY_FILE, entry.prompt.file] + [r.file for _, r in entry.embeddings]
+      try:
+        files = {rel: fs.read_bytes(self._dir(name) / rel) for rel in rels}
+      except FileNotFoundError as e:
+        raise CorruptEntryError(f"missing file {e.filename}") from e
       self._verify_files(name, files)
-    except CorruptEntryError as e:
-      raise self._corrupt(name, e) from None
-    return files
+      return files
+
+    return self._read_valid(name, read)
 
   # -- index ----------------------------------------------------------------
 

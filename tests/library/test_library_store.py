@@ -183,6 +183,10 @@ def test_object_store_protocol(tmp_path, make_prompt, model):
     lib.add("a", make_prompt(3), model=model)
   lib.add("a", make_prompt(3), model=model, overwrite=True)
   assert lib.prompt("a").tobytes() == make_prompt(3).tobytes()
+  left = sorted(str(p.relative_to(lib.path / "entries/a"))
+                for p in pathlib.Path(lib.path / "entries/a").rglob("*") if p.is_file())
+  assert left == ["entry.json", lib.entry("a").prompt.file]  # the old arrays are gone
+  assert lib.entry("a").prompt.file.startswith("prompt-")
   # An add in progress (arrays written, entry.json not yet) reads as partial.
   (lib.path / "entries/b").mkdir()
   (lib.path / "entries/b/prompt.npy").write_bytes(b"x")
