@@ -30,7 +30,8 @@ the tests do. Registering a name again replaces the earlier registration.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Optional, Sequence
+import os
+from typing import Mapping, Optional, Sequence, Union
 
 import seqio
 
@@ -110,7 +111,8 @@ def register_wikilingua(data_dir: Optional[str] = None,
                         vocabulary: Optional[seqio.Vocabulary] = None,
                         languages: Optional[Sequence[str]] = None, name_prefix: str = "",
                         spm: Optional[str] = None) -> list[str]:
-  """Registers `wikilingua_<xx>`, `wikilingua0_<xx>` and the `wikilingua0` mixture.
+  """Registers `wikilingua_<xx>`, `wikilingua0_<xx>` and the `wikilingua0` mixture
+  (over every language registered under `name_prefix`).
 
   Args:
     data_dir: None for TFDS `gem/wiki_lingua_*`; else a folder of GEM JSONL files.
@@ -145,9 +147,12 @@ def register_wikilingua(data_dir: Optional[str] = None,
           name, lang, source=sources.wikilingua_source(lang, data_dir, splits),
           preprocessors=steps, output_features=features,
           metric_fns=metrics.xgen_metrics(lang, spm)))
-  if "en" in codes:
-    members = [f"{name_prefix}wikilingua_en"]
-    members += [f"{name_prefix}wikilingua0_{c}" for c in codes if c != "en"]
+  registered = set(seqio.TaskRegistry.names())
+  if f"{name_prefix}wikilingua_en" in registered:
+    # Every language registered under this prefix, read from wherever it is.
+    members = [f"{name_prefix}wikilingua_en"] + [
+        f"{name_prefix}wikilingua0_{c}" for c in langs.WIKILINGUA_CODES
+        if f"{name_prefix}wikilingua0_{c}" in registered]
     names.append(_add_mixture(f"{name_prefix}wikilingua0", [(m, 1.0) for m in members]))
   return names
 
@@ -171,8 +176,8 @@ def register_unsupervised(languages: Optional[Sequence[str]] = None,
                           factorized_tasks: Sequence[str] = FACTORIZED_TASKS,
                           name_prefix: str = "",
                           lines_per_document: int = prep.DEFAULT_LINES_PER_DOCUMENT) -> list[str]:
-  """Registers `xgen_<task>_<xx>` for every language x task and the `xgen_unsup`
-  mixture over `factorized_tasks` (those of `tasks` that are in it).
+  """Registers `xgen_<task>_<xx>` for every language x task, and the
+  `xgen_unsup` mixture over every registered `xgen_<task>_*` of `factorized_tasks`.
 
   Args:
     languages: mC4 codes (default: the 18 WikiLingua languages, or those with
@@ -193,7 +198,7 @@ def register_unsupervised(languages: Optional[Sequence[str]] = None,
   features = output_features(vocabulary)
   for task in tasks:
     langs.check_language(task, UNSUPERVISED_TASKS, "unsupervised task")
-  names, mixed = [], []
+  names = []
   for lang in _unsupervised_languages(data_dir, text_files, languages):
     langs.language_id(lang)  # fails early on an unknown code
     local = text_files is not None or data_dir is not None
@@ -207,11 +212,11 @@ def register_unsupervised(languages: Optional[Sequence[str]] = None,
         steps += [prep.text_to_targets, seqio.preprocessors.tokenize, _OBJECTIVES[task]]
       steps += [seqio.preprocessors.append_eos_after_trim,
                 functools.partial(prep.add_ids, language=lang, task=task)]
-      name = _add_task(f"{name_prefix}xgen_{task}_{lang}", lang, source=source,
-                       preprocessors=steps, output_features=features, metric_fns=[])
-      names.append(name)
-      if task in factorized_tasks:
-        mixed.append(name)
+      names.append(_add_task(f"{name_prefix}xgen_{task}_{lang}", lang, source=source,
+                             preprocessors=steps, output_features=features, metric_fns=[]))
+  # Every language x factorized task registered under this prefix.
+  mixed = [n for n in sorted(seqio.TaskRegistry.names()) for task in factorized_tasks
+           if n.startswith(f"{name_prefix}xgen_{task}_")]
   if mixed:
     names.append(_add_mixture(f"{name_prefix}xgen_unsup", [(m, 1.0) for m in mixed]))
   return names
@@ -263,6 +268,42 @@ def register_all(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Voca
   names += register_unsupervised(languages, data_dir, vocabulary=vocabulary,
                                  name_prefix=name_prefix)
   return names + register_mix_unsup(None, mix_rate, name_prefix)
+
+
+def register_local(data_dir: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+                   name_prefix: str = "") -> list[str]:
+  """The DATA_DIR hook of `spot.tasks.register_local`.
+
+  Re-registers, under their usual names, the WikiLingua languages whose JSONL
+  file and the unsupervised tasks whose Tatoeba text exists under `data_dir`
+  (or several folders, the first holding a file wins; sub-folders as in
+  `spot.xgen.sources`), keeping each task's vocabulary; the others keep
+  reading TFDS. The mixtures are rebuilt over the result.
+
+  Returns:
+    The names now reading local files, plus the rebuilt mixtures.
+  """
+  dirs = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
+  english = f"{name_prefix}wikilingua_en"
+  vocabulary = (seqio.TaskRegistry.get(english).output_features["targets"].vocabulary
+                if english in seqio.TaskRegistry.names() else None)
+  names: list[str] = []
+  summaries, texts = set(), set()
+  for folder in map(os.fspath, dirs):
+    codes = [c for c in langs.WIKILINGUA_CODES
+             if c not in summaries and sources.find_wikilingua_file(folder, c)]
+    if codes:
+      names += register_wikilingua(folder, vocabulary, codes, name_prefix)
+      summaries.update(codes)
+    codes = [c for c in langs.WIKILINGUA_CODES
+             if c not in texts and sources.find_tatoeba_pattern(folder, c)]
+    if codes:
+      names += register_unsupervised(codes, folder, vocabulary=vocabulary,
+                                     name_prefix=name_prefix)
+      texts.update(codes)
+  if names:
+    names += register_mix_unsup(None, DEFAULT_MIX_RATE, name_prefix)
+  return list(dict.fromkeys(names))
 
 
 register_all()

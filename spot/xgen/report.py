@@ -83,6 +83,27 @@ def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> dict
   return checked
 
 
+def scores_by_language(task_metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict]:
+  """Per-language scores from SeqIO evaluation results (task name -> metrics).
+
+  A task's language is read off its metrics: the `lid_<xx>` key besides
+  `lid_en` (only `lid_en`: English). Tasks without SP-ROUGE are not xGen
+  tasks and are skipped; two tasks in one language are an error.
+  """
+  out: dict[str, dict] = {}
+  for task, values in task_metrics.items():
+    if "sp_rougeL" not in values:
+      continue
+    others = [k[len("lid_"):] for k in values if k.startswith("lid_") and k != "lid_en"]
+    if len(others) > 1:
+      raise ValueError(f"task {task!r} has LID scores for several languages: {others}")
+    lang = others[0] if others else "en"
+    if lang in out:
+      raise ValueError(f"two evaluated tasks are in {lang!r}; pass one task per language")
+    out[lang] = {k: float(v) for k, v in values.items()}
+  return out
+
+
 def _write_atomic(path: epath.Path, text: str) -> None:
   tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
   tmp.write_text(text)

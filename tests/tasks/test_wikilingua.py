@@ -187,3 +187,19 @@ def test_jsonl_source_shards_examples(shared_data):
   both = texts(None)
   halves = texts(seqio.ShardInfo(0, 2)) + texts(seqio.ShardInfo(1, 2))
   assert len(both) == 2 and sorted(halves) == sorted(both)
+
+
+def test_register_local_hook_keeps_vocabulary_and_rebuilds_mixtures(names, wikilingua,
+                                                                      shared_data, vocabulary):
+  # Back to TFDS for Thai under the prefix, then the DATA_DIR hook reads files again.
+  wikilingua.register_wikilingua(None, vocabulary, ["th"], PREFIX)
+  assert isinstance(seqio.get_mixture_or_task(f"{PREFIX}wikilingua_th").source,
+                    seqio.TfdsDataSource)
+  local = wikilingua.register_local([str(shared_data / "nothing"), str(shared_data)], PREFIX)
+  task = seqio.get_mixture_or_task(f"{PREFIX}wikilingua_th")
+  assert isinstance(task.source, sources.JsonlSource)
+  assert task.output_features["targets"].vocabulary is vocabulary
+  assert f"{PREFIX}wikilingua0" in local and f"{PREFIX}xgen_unsup" in local
+  mixture = seqio.get_mixture_or_task(f"{PREFIX}wikilingua0")
+  assert seqio.get_mixture_or_task(f"{PREFIX}wikilingua0_th") in mixture.tasks
+  assert wikilingua.register_local(str(shared_data / "glue"), PREFIX) == []

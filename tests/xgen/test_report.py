@@ -110,3 +110,13 @@ def test_write_report_files(tmp_path):
     assert image.format == "PNG" and image.size[0] > 400
   with pytest.raises(ValueError, match="no finished runs"):
     report.write_report([], tmp_path / "out2")
+
+
+def test_scores_by_language_from_seqio_results():
+  results = {"wikilingua0_th": fake_scores("th", 10, 20, 80),
+             "wikilingua_en": fake_scores("en", 40, 99, 99),
+             "xgen_span_corruption_th": {"loss": 1.0}}
+  by_language = report.scores_by_language(results)
+  assert sorted(by_language) == ["en", "th"] and by_language["th"]["lid_th"] == 20
+  with pytest.raises(ValueError, match="two evaluated tasks are in 'th'"):
+    report.scores_by_language({"a": fake_scores("th", 1, 2, 3), "b": fake_scores("th", 1, 2, 3)})
