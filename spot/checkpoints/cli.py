@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
+import jax
 from etils import epath
 
 from spot.checkpoints import hf, t5x, tree
@@ -42,7 +43,8 @@ def _inspect(args: argparse.Namespace) -> int:
     summary, shapes, dtypes = info.to_json(), info.shapes, info.dtypes
     try:
       summary["inferred_config"] = tree.infer_config(
-          {n: s for n, s in shapes.items() if not n.startswith("state/")}).to_dict()
+          {n: jax.ShapeDtypeStruct(s, dtypes[n]) for n, s in shapes.items()
+           if not n.startswith("state/")}).to_dict()
     except ValueError as e:
       summary["inferred_config"] = None
       summary["inferred_config_error"] = str(e)
@@ -50,11 +52,16 @@ def _inspect(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     return 0
   header = [f"format: {summary['format']}", f"path: {summary['path']}"]
-  if summary.get("step") is not None:
-    header.append(f"step: {summary['step']}")
+  for key in ("step", "version"):
+    if summary.get(key) is not None:
+      header.append(f"{key}: {summary[key]}")
   print("\n".join(header))
   print(tree.format_table(shapes, dtypes))
   print(f"total: {len(shapes)} arrays, {summary['total_params']:,} parameters")
+  config = summary.get("config") or summary.get("inferred_config")
+  if config:
+    label = "config" if "config" in summary else "config inferred from shapes"
+    print(f"{label}: {json.dumps(config)}")
   return 0
 
 

@@ -270,19 +270,24 @@ def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
   context = ts.Context(_TS_CONTEXT_SPEC)
   leaves = flatten_leaves(optimizer)
   stored, writes = {}, []
-  for name, leaf in leaves.items():
-    if leaf is None:
-      stored[name] = None
-      continue
-    array = np.asarray(leaf)
-    if is_inline(name, array):
-      stored[name] = array
-      continue
-    spec = stored_spec(name, array, gcs=gcs, max_chunk_bytes=max_chunk_bytes)
-    stored[name] = spec
-    store = ts.open(absolute_spec(spec, directory, name), create=True, open=True,
-                    context=context).result()
-    writes.append(store.write(array))
+  try:
+    for name, leaf in leaves.items():
+      if leaf is None:
+        stored[name] = None
+        continue
+      array = np.asarray(leaf)
+      if is_inline(name, array):
+        stored[name] = array
+        continue
+      spec = stored_spec(name, array, gcs=gcs, max_chunk_bytes=max_chunk_bytes)
+      stored[name] = spec
+      store = ts.open(absolute_spec(spec, directory, name), create=True, open=True,
+                      context=context).result()
+      writes.append(store.write(array))
+  finally:
+    # Never return (or raise) while tensorstore still writes into `directory`.
+    for future in writes:
+      future.exception()
   for future in writes:
     future.result()
   contents = {"version": version, "optimizer": traverse_util.unflatten_dict(stored, sep="/")}
