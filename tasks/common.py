@@ -18,11 +18,13 @@ import functools
 import io
 import json
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from spot.tasks import metrics
 
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 UNKNOWN_LABEL = "<unk>"
@@ -398,11 +400,47 @@ def label_id(value: Any, label_names: Optional[Sequence[str]]) -> int:
   return int(value)
 
 
-def source_for(name: str, *, data_dirs: Sequence[str], layout: LocalLayout,
-               reader: Callable[[str], list[Row]], tfds_name: str,
-               tfds_splits: Union[Sequence[str], Mapping[str, str]],
-               tfds_data_dir: Optional[str]) -> seqio.DataSource:
-  """Local files when data directories are given, TFDS otherwise."""
-  if data_dirs:
-    return local_source(data_dirs, layout, reader, name)
-  return tfds_source(tfds_name, tfds_splits, tfds_data_dir)
+# ------------------------------------------------------ benchmark registries
+
+
+class TaskSpec(Protocol):
+  """What `register_specs` needs of a task description (GlueTask, ...)."""
+
+  key: str
+  layout: LocalLayout
+  tfds_name: str
+  tfds_splits: Union[Sequence[str], Mapping[str, str]]
+
+  def reader(self) -> Callable[[str], list[Row]]: ...
+  def text_preprocessor(self) -> Callable[..., Any]: ...
+  def postprocessor(self) -> Callable[..., Any]: ...
+
+
+def register_specs(specs: Mapping[str, TaskSpec], benchmark: str, *, data_dir: DataDirs,
+                   vocabulary: VocabularyLike, name_prefix: str, tfds_data_dir: Optional[str],
+                   tasks: Optional[Sequence[str]]) -> list[str]:
+  """Registers `<name_prefix>_<key>` for the chosen specs (default all), from
+  local files when `data_dir` is given and TFDS otherwise; returns the names."""
+  vocab = get_vocabulary(vocabulary)
+  data_dirs = as_data_dirs(data_dir)
+  keys = list(specs) if tasks is None else list(tasks)
+  unknown = sorted(set(keys) - set(specs))
+  if unknown:
+    raise ValueError(f"Unknown {benchmark} task(s) {unknown}; choose from {list(specs)}.")
+  names = []
+  for key in keys:
+    spec, name = specs[key], f"{name_prefix}_{key}"
+    if data_dirs:
+      source = local_source(data_dirs, spec.layout, spec.reader(), name)
+    else:
+      source = tfds_source(spec.tfds_name, spec.tfds_splits, tfds_data_dir)
+    names.append(register_task(name, source, spec.text_preprocessor(), vocab,
+                               spec.postprocessor(), metrics.metric_fns(key)))
+  return names
+
+
+def local_task_keys(specs: Mapping[str, TaskSpec], data_dir: DataDirs,
+                    subfolders: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+  """The directories a DATA_DIR hook searches and the task keys with files there."""
+  roots = local_roots(data_dir, subfolders)
+  return roots, [key for key, spec in specs.items() if has_local_files(roots, spec.layout)]

@@ -1,7 +1,7 @@
 """GLUE as SeqIO text-to-text tasks (T5's format), from TFDS or local TSVs.
 
     spot_glue_sst2:  "sst2 sentence: it 's a charming ... journey ."  -> "positive"
-    spot_glue_mnli:  "mnli hypothesis: ... premise: ..."  -> "entailment" | "neutral" | "contradiction"
+    spot_glue_mnli:  "mnli hypothesis: ... premise: ..."  -> "entailment" | "neutral" | ...
     spot_glue_stsb:  "stsb sentence1: ... sentence2: ..."  -> "3.8"  (score rounded to 0.2)
 
 `register_glue()` runs at import with TFDS sources and T5's vocabulary;
@@ -14,10 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import seqio
-
 from spot.tasks import common
-from spot.tasks import metrics
 
 TFDS_VERSION = "2.0.0"
 _SPLITS = {"train": ("train.tsv",), "validation": ("dev.tsv",), "test": ("test.tsv",)}
@@ -58,8 +55,22 @@ class GlueTask:
   def layout(self) -> common.LocalLayout:
     return common.LocalLayout(self.folders, self.split_files)
 
+  @property
+  def tfds_name(self) -> str:
+    return f"glue/{self.tfds_config or self.key}:{TFDS_VERSION}"
+
   def reader(self) -> Callable[[str], list[common.Row]]:
     return lambda path: read_glue_file(path, self)
+
+  def text_preprocessor(self):
+    if self.key == "stsb":
+      return common.stsb_preprocessor
+    return common.classification_preprocessor(self.prefix, self.text_features, self.label_names)
+
+  def postprocessor(self):
+    if self.label_names is None:
+      return common.float_postprocessor
+    return common.class_id_postprocessor(self.label_names)
 
 
 _MNLI = dict(prefix="mnli", features={"premise": "sentence1", "hypothesis": "sentence2"},
@@ -158,18 +169,6 @@ def read_glue_file(path: str, task: GlueTask) -> list[common.Row]:
   return rows
 
 
-def _text_preprocessor(task: GlueTask):
-  if task.key == "stsb":
-    return common.stsb_preprocessor
-  return common.classification_preprocessor(task.prefix, task.text_features, task.label_names)
-
-
-def _postprocessor(task: GlueTask):
-  if task.label_names is None:
-    return common.float_postprocessor
-  return common.class_id_postprocessor(task.label_names)
-
-
 def register_glue(data_dir: common.DataDirs = None, vocabulary: common.VocabularyLike = None,
                   name_prefix: str = "spot_glue", tfds_data_dir: Optional[str] = None,
                   tasks: Optional[Sequence[str]] = None) -> list[str]:
@@ -188,23 +187,8 @@ def register_glue(data_dir: common.DataDirs = None, vocabulary: common.Vocabular
   Returns:
     The registered task names, in `GLUE_TASKS` order.
   """
-  vocab = common.get_vocabulary(vocabulary)
-  data_dirs = common.as_data_dirs(data_dir)
-  keys = list(GLUE_TASKS) if tasks is None else list(tasks)
-  unknown = sorted(set(keys) - set(GLUE_TASKS))
-  if unknown:
-    raise ValueError(f"Unknown GLUE task(s) {unknown}; choose from {list(GLUE_TASKS)}.")
-  names = []
-  for key in keys:
-    task = GLUE_TASKS[key]
-    name = f"{name_prefix}_{key}"
-    source = common.source_for(
-        name, data_dirs=data_dirs, layout=task.layout, reader=task.reader(),
-        tfds_name=f"glue/{task.tfds_config or key}:{TFDS_VERSION}",
-        tfds_splits=task.tfds_splits, tfds_data_dir=tfds_data_dir)
-    names.append(common.register_task(name, source, _text_preprocessor(task), vocab,
-                                      _postprocessor(task), metrics.metric_fns(key)))
-  return names
+  return common.register_specs(GLUE_TASKS, "GLUE", data_dir=data_dir, vocabulary=vocabulary,
+                               name_prefix=name_prefix, tfds_data_dir=tfds_data_dir, tasks=tasks)
 
 
 def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue") -> list[str]:
@@ -217,12 +201,11 @@ def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue") ->
   Returns:
     The names now reading local files.
   """
-  roots = common.local_roots(data_dir, ("glue", "GLUE"))
-  keys = [k for k, t in GLUE_TASKS.items() if common.has_local_files(roots, t.layout)]
+  roots, keys = common.local_task_keys(GLUE_TASKS, data_dir, ("glue", "GLUE"))
   if not keys:
     return []
-  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
-  return register_glue(data_dir=roots, vocabulary=vocab, name_prefix=name_prefix, tasks=keys)
+  return register_glue(roots, common.registered_vocabulary(f"{name_prefix}_{keys[0]}"),
+                       name_prefix, tasks=keys)
 
 
 GLUE_TASK_NAMES = register_glue()

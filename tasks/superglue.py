@@ -1,7 +1,7 @@
 """SuperGLUE as SeqIO text-to-text tasks (T5's format), from TFDS or JSONL.
 
     spot_superglue_boolq:  "boolq passage: ... question: ..."  -> "True" | "False"
-    spot_superglue_copa:   "copa choice1: ... choice2: ... premise: ... question: cause"  -> "choice1"
+    spot_superglue_copa:  "copa choice1: ... choice2: ... premise: ... question: cause" -> "choice1"
     spot_superglue_record: "record query: ... @placeholder ... entities: A, B passage: ..."  -> "A"
     spot_superglue_wsc:    "wsc text: ... * noun * ... # it # ..."  -> "True" | "False"
 
@@ -16,7 +16,6 @@ import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 from spot.tasks import common
-from spot.tasks import metrics
 
 TFDS_VERSION = "1.0.2"
 _SPLITS = {"train": ("train.jsonl", "train32.jsonl"), "validation": ("val.jsonl",),
@@ -49,8 +48,27 @@ class SuperGlueTask:
   def layout(self) -> common.LocalLayout:
     return common.LocalLayout((self.folder, self.folder.lower()), _SPLITS)
 
+  @property
+  def tfds_name(self) -> str:
+    return f"super_glue/{self.tfds_config or self.key}:{TFDS_VERSION}"
+
+  @property
+  def tfds_splits(self) -> tuple[str, ...]:
+    return ("train", "validation", "test")
+
   def reader(self) -> Callable[[str], list[common.Row]]:
     return lambda path: read_superglue_file(path, self)
+
+  def text_preprocessor(self):
+    special = {"multirc": common.multirc_preprocessor, "record": common.record_preprocessor,
+               "wsc": common.wsc_preprocessor}
+    if self.key in special:
+      return special[self.key]
+    return common.classification_preprocessor(self.key, self.text_features, self.label_names)
+
+  def postprocessor(self):
+    special = {"multirc": common.multirc_postprocessor, "record": common.record_postprocessor}
+    return special.get(self.key) or common.class_id_postprocessor(self.label_names)
 
 
 SUPERGLUE_TASKS: dict[str, SuperGlueTask] = {t.key: t for t in (
@@ -119,19 +137,6 @@ def read_superglue_file(path: str, task: SuperGlueTask) -> list[common.Row]:
   return rows
 
 
-def _text_preprocessor(task: SuperGlueTask):
-  special = {"multirc": common.multirc_preprocessor, "record": common.record_preprocessor,
-             "wsc": common.wsc_preprocessor}
-  if task.key in special:
-    return special[task.key]
-  return common.classification_preprocessor(task.key, task.text_features, task.label_names)
-
-
-def _postprocessor(task: SuperGlueTask):
-  special = {"multirc": common.multirc_postprocessor, "record": common.record_postprocessor}
-  return special.get(task.key) or common.class_id_postprocessor(task.label_names)
-
-
 def register_superglue(data_dir: common.DataDirs = None,
                        vocabulary: common.VocabularyLike = None,
                        name_prefix: str = "spot_superglue", tfds_data_dir: Optional[str] = None,
@@ -152,24 +157,9 @@ def register_superglue(data_dir: common.DataDirs = None,
   Returns:
     The registered task names, in `SUPERGLUE_TASKS` order.
   """
-  vocab = common.get_vocabulary(vocabulary)
-  data_dirs = common.as_data_dirs(data_dir)
-  keys = list(SUPERGLUE_TASKS) if tasks is None else list(tasks)
-  unknown = sorted(set(keys) - set(SUPERGLUE_TASKS))
-  if unknown:
-    raise ValueError(f"Unknown SuperGLUE task(s) {unknown}; choose from "
-                     f"{list(SUPERGLUE_TASKS)}.")
-  names = []
-  for key in keys:
-    task = SUPERGLUE_TASKS[key]
-    name = f"{name_prefix}_{key}"
-    source = common.source_for(
-        name, data_dirs=data_dirs, layout=task.layout, reader=task.reader(),
-        tfds_name=f"super_glue/{task.tfds_config or key}:{TFDS_VERSION}",
-        tfds_splits=("train", "validation", "test"), tfds_data_dir=tfds_data_dir)
-    names.append(common.register_task(name, source, _text_preprocessor(task), vocab,
-                                      _postprocessor(task), metrics.metric_fns(key)))
-  return names
+  return common.register_specs(SUPERGLUE_TASKS, "SuperGLUE", data_dir=data_dir,
+                               vocabulary=vocabulary, name_prefix=name_prefix,
+                               tfds_data_dir=tfds_data_dir, tasks=tasks)
 
 
 def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_superglue") -> list[str]:
@@ -182,13 +172,10 @@ def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_superglue
   Returns:
     The names now reading local files.
   """
-  roots = common.local_roots(data_dir, ("superglue", "SuperGLUE", "super_glue"))
-  keys = [k for k, t in SUPERGLUE_TASKS.items() if common.has_local_files(roots, t.layout)]
-  if not keys:
-    return []
-  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
-  return register_superglue(data_dir=roots, vocabulary=vocab, name_prefix=name_prefix,
-                            tasks=keys)
+  roots, keys = common.local_task_keys(SUPERGLUE_TASKS, data_dir,
+                                       ("superglue", "SuperGLUE", "super_glue"))
+  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}") if keys else None
+  return register_superglue(roots, vocab, name_prefix, tasks=keys) if keys else []
 
 
 SUPERGLUE_TASK_NAMES = register_superglue()
