@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ from spot.models import T5, get_config, init_params
 from spot.train import inference
 
 EOS = 1
-LENGTH = 6
+LENGTH = 5  # = the target length, so reference passes share one compiled program
 CONFIG = get_config("t5_1_1_tiny").replace(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
                                            mlp_dim=32)
 
@@ -52,17 +54,24 @@ def t5():
   return T5(CONFIG), params, batch
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _teacher_forced_log_probs(model, params, batch, outputs):
+  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                       inference.shift_right(outputs), jnp.ones_like(outputs),
+                       enable_dropout=False, prompt_inputs=batch.get("prompt_inputs"))
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
 def teacher_forced_log_probs(model, params, batch, outputs) -> np.ndarray:
   """Log-softmax [B, L, V] of one uncached forward pass over outputs [B, L].
 
   All decoder positions are valid, so position t sees exactly outputs[:, :t]:
-  the argmax at t is what uncached step-by-step greedy decoding picks there.
+  the argmax at t is what uncached step-by-step greedy decoding picks there,
+  and for padded targets the valid positions are unaffected by the padding.
   """
-  outputs = jnp.asarray(outputs, jnp.int32)
-  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                       inference.shift_right(outputs), jnp.ones_like(outputs),
-                       enable_dropout=False, prompt_inputs=batch.get("prompt_inputs"))
-  return np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  batch = {k: v for k, v in batch.items() if k in ("encoder_input_tokens", "prompt_inputs")}
+  return np.asarray(_teacher_forced_log_probs(model, params, batch,
+                                              jnp.asarray(outputs, jnp.int32)))
 
 
 def assert_greedy(model, params, batch, tokens, scores):
@@ -123,9 +132,8 @@ def test_predict_sample_is_deterministic_given_rng(t5):
 def test_score_batch_equals_full_forward_log_likelihood(t5):
   model, params, batch = t5
   targets = np.asarray(batch["decoder_target_tokens"])
-  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                       inference.shift_right(targets), targets, enable_dropout=False)
-  lp = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), targets[..., None], -1)[..., 0]
+  lp = teacher_forced_log_probs(model, params, batch, targets)
+  lp = np.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
   expected = np.where(targets > 0, lp, 0.0).sum(-1)
   np.testing.assert_allclose(inference.score_batch(model, params, batch), expected, rtol=1e-5)
   # Explicit loss weights are honoured.
@@ -157,8 +165,8 @@ def test_decoding_with_a_prompt_matches_uncached_argmax(t5):
   params = init_params(CONFIG, jax.random.PRNGKey(4), prompt_factory=factory)
   assert params["encoder"]["prompt"]["prompt"].shape == (3, CONFIG.emb_dim)
   batch = dict(batch, prompt_inputs={"scale": jnp.array([1.0, 0.5, 2.0])})
-  encoded, valid = inference.encode(model, params, batch)
-  assert encoded.shape[1] == 3 + 7 and bool(valid[:, :3].all())
+  encoded, valid = jax.eval_shape(functools.partial(inference.encode, model), params, batch)
+  assert encoded.shape == (3, 3 + 7, CONFIG.emb_dim) and valid.shape == (3, 3 + 7)
   tokens, scores = inference.predict_batch(model, params, batch, max_decode_length=LENGTH)
   assert_greedy(model, params, batch, np.asarray(tokens), scores)
   # The prompt (and its prompt input) changes what the decoder sees.
