@@ -7,6 +7,7 @@ added concurrently from a thread pool through the ordinary `add`), then times
   build   the first query, which builds the index from the entries;
   cold    a fresh `PromptLibrary` (index read from index/index.npz);
   warm    the same object again (index in memory);
+  CLI     `spot library query --entry ...` in a new process (start-up included);
   warm, listing re-checked
           as right after an add: every entry's fingerprint is re-read (one
           scandir and two stats per entry) before the index is trusted.
@@ -26,6 +27,7 @@ import argparse
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +115,10 @@ def main() -> int:
       report(f"query {n} entries {metric} by entry, warm",
              timed(lambda: rank(warm, "task_000000", metric=metric, top_k=args.top_k),
                    args.repeats))
+      cli = [sys.executable, "-m", "spot.cli", "library", "--library", path, "query",
+             "--entry", "task_000000", "--metric", metric, "--top-k", str(args.top_k)]
+      report(f"query {n} entries {metric} CLI, new process",
+             timed(lambda: subprocess.run(cli, check=True, capture_output=True), 3))
       racy, fs.RACY_NS = fs.RACY_NS, 2**62  # never trust the stamp: re-check every entry
       try:
         report(f"query {n} entries {metric} warm, listing re-checked",

@@ -36,7 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 def check_name(name: str, what: str = "entry name") -> str:
   """Returns `name` if it is a valid entry or embedding key name, else raises."""
-  if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
+  if not isinstance(name, str) or not _NAME.match(name):
     raise LibraryError(
         f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_', '+' or '-', "
         "starting with a letter or digit (no '/' or spaces).")

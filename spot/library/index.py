@@ -93,7 +93,7 @@ def refresh(index: Index, fingerprints: Mapping[str, str], load: Loader,
                  if n not in index.rows or index.rows[n].fingerprint != fp)
   gone = [n for n in index.rows if n not in fingerprints]
   if not stale and not gone:
-    if stamp == index.stamp:
+    if not stamp or stamp == index.stamp:  # nothing new to record
       return index, False
     return dataclasses.replace(index, stamp=stamp), True
   vectors: dict[str, dict[str, np.ndarray]] = {}
@@ -147,10 +147,10 @@ def dumps(index: Index) -> bytes:
       "arrays": layout,
   }).encode()
   prefix = _MAGIC + len(header).to_bytes(8, "little") + header
-  out = bytearray(prefix + bytes(-len(prefix) % _ALIGN))
+  chunks = [prefix, bytes(-len(prefix) % _ALIGN)]
   for data in arrays:
-    out += data + bytes(-len(data) % _ALIGN)
-  return bytes(out)
+    chunks += [data, bytes(-len(data) % _ALIGN)]
+  return b"".join(chunks)
 
 
 def loads(data: Union[bytes, mmap.mmap]) -> Index:

@@ -415,7 +415,8 @@ class PromptLibrary:
       return index_lib.Row(name, fingerprint, problem=str(e)), None
     fingerprint = seen if seen is not None else fingerprint
     query = arrays[entry.query_key]
-    vectors = {m: similarity.summary_vector(query, m) for m in similarity.METRICS}
+    vectors = {m: similarity.summary_vector(query, m).astype(np.float32)
+               for m in similarity.METRICS}
     return index_lib.Row(name, fingerprint, entry.model.name, entry.task), vectors
 
   def index(self) -> index_lib.Index:
