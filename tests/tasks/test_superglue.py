@@ -197,3 +197,25 @@ def test_superglue_average_follows_t5():
   out = metrics.superglue_average(scores)
   assert (out["cb"], out["multirc"], out["record"]) == (80.0, 50.0, 79.0)
   assert out["average"] == pytest.approx((80 + 80 + 60 + 50 + 79 + 70 + 65 + 62) / 8)
+
+
+@pytest.mark.parametrize("key", ["multirc", "record"])
+def test_seqio_evaluator_scores_perfect_predictions(local_superglue, key):
+  """The grouped postprocessors work on the examples seqio.Evaluator caches."""
+  import seqio
+  evaluator = seqio.Evaluator(f"test_superglue_{key}", seqio.EncDecFeatureConverter(pack=False),
+                              eval_split="train", sequence_length={"inputs": 512, "targets": 16},
+                              num_examples=20, shuffle=False, use_memory_cache=True)
+
+  def predict_fn(ds):  # the target tokens, EOS and padding dropped, padded to 16
+    out = []
+    for i, ex in ds.as_numpy_iterator():
+      tokens = [int(t) for t in ex["decoder_target_tokens"] if t > 1]
+      out.append((i, tokens + [0] * (16 - len(tokens))))
+    return out
+
+  results, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
+                                  score_fn=lambda ds: [])
+  scores = results.result()[f"test_superglue_{key}"]
+  assert scores == pytest.approx({"multirc": {"f1": 100.0, "exact_match": 100.0},
+                                  "record": {"em": 100.0, "f1": 100.0}}[key])
