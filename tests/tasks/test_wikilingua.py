@@ -203,3 +203,30 @@ def test_register_local_hook_keeps_vocabulary_and_rebuilds_mixtures(names, wikil
   mixture = seqio.get_mixture_or_task(f"{PREFIX}wikilingua0")
   assert seqio.get_mixture_or_task(f"{PREFIX}wikilingua0_th") in mixture.tasks
   assert wikilingua.register_local(str(shared_data / "glue"), PREFIX) == []
+
+
+def test_seqio_evaluator_scores_each_language(names, shared_data, vocabulary):
+  """A "model" that copies the reference summary scores SP-ROUGE 100 and is
+  recognised in each language; the results map back to languages."""
+  from spot.xgen import report
+
+  small = [f"{PREFIX}wikilingua_en", f"{PREFIX}wikilingua0_th", f"{PREFIX}wikilingua0_ja"]
+  seqio.MixtureRegistry.remove(f"{PREFIX}eval_small")
+  seqio.MixtureRegistry.add(f"{PREFIX}eval_small", [(n, 1.0) for n in small])
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=f"{PREFIX}eval_small", eval_split="validation",
+      feature_converter=seqio.EncDecFeatureConverter(pack=False), use_cached=False,
+      sequence_length={"inputs": 256, "targets": 512})
+
+  def copy_reference(dataset, model_feature_shapes=None):
+    return [(i, ex["decoder_target_tokens"].tolist()) for i, ex in dataset.as_numpy_iterator()]
+
+  metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=copy_reference,
+                                  score_fn=None)
+  results = {task: {k: float(getattr(v, "value", v)) for k, v in values.items()}
+             for task, values in metrics.result().items()}
+  by_language = report.scores_by_language(results)
+  assert sorted(by_language) == ["en", "ja", "th"]
+  for lang, scores in by_language.items():
+    assert scores["sp_rougeL"] == pytest.approx(100), lang
+    assert scores[f"lid_{lang}"] > 90, lang
