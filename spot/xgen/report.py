@@ -44,6 +44,7 @@ TABLES = (
     ("ASCII", "ascii", "Mean share of ASCII characters per output"),
 )
 
+_MARKERS = ("v", "o", "s", "^", "D", "P", "X")
 PathLike = Union[str, epath.PathLike]
 
 
@@ -299,8 +300,8 @@ def to_markdown(runs: Sequence[Run]) -> str:
 
 
 def plot(runs: Sequence[Run], path: PathLike) -> epath.Path:
-  """Scatter of SP-ROUGE against LID_target, one series per size/method/prompt,
-  each point labelled with its language."""
+  """Scatter of SP-ROUGE against LID_target, one series per size/method/prompt
+  (one marker shape per size), each point labelled with its language."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -316,7 +317,8 @@ def plot(runs: Sequence[Run], path: PathLike) -> epath.Path:
           ys.append(y)
           labels.append(lang)
     label = f"{size} {method}" + ("" if length is None else f" (P={length})")
-    axes.scatter(xs, ys, label=label, alpha=0.8)
+    marker = _MARKERS[_size_rank(size)[0] % len(_MARKERS)]  # one shape per size
+    axes.scatter(xs, ys, label=label, alpha=0.8, marker=marker)
     for x, y, lang in zip(xs, ys, labels):
       axes.annotate(lang, (x, y), fontsize=7, xytext=(2, 2), textcoords="offset points")
   axes.set_xlabel("LID_target (cld3 confidence in the target language, 0-100)")
