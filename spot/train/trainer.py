@@ -126,6 +126,22 @@ def make_train_step(model: EncoderDecoderModel, tx: optax.GradientTransformation
   return step_fn
 
 
+def _write_final_metrics(model_dir: str, task: str, eval_history: list[tuple[int, dict]],
+                         best: Optional[tuple[int, float]], method: str, seed: int) -> None:
+  """`metrics.json` for `spot report`: the best evaluation (else the last one)."""
+  from spot import report
+  step, results = eval_history[-1]
+  if best is not None:
+    step, results = next((s, r) for s, r in eval_history if s == best[0])
+  tasks = {k.split("/", 1)[0] for k in results}
+  if len(tasks) == 1:
+    task = tasks.pop()
+    scores = {k.split("/", 1)[1]: v for k, v in results.items()}
+  else:
+    scores = dict(results)
+  report.write_run_metrics(model_dir, task, method, seed, scores, step=step)
+
+
 @dataclasses.dataclass
 class TrainResult:
   model_dir: str
@@ -147,7 +163,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
           eval_cfg: Optional[EvalConfig] = None, log_every: int = 10,
           partitioner: Optional[partitioning_lib.Partitioner] = None,
           stop_after_steps: Optional[int] = None, gin_config: Optional[str] = None,
-          verbose: bool = True) -> TrainResult:
+          method: Optional[str] = None, verbose: bool = True) -> TrainResult:
   """Trains `trainable` parameters of `model` on a SeqIO task; resumes if possible.
 
   Args:
@@ -168,6 +184,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
     stop_after_steps: leave after this many steps in this invocation (for
       tests of resumption), without the final evaluation.
     gin_config: the operative gin config text, saved as model_dir/config.gin.
+    method: the label `spot report` groups runs by (e.g. "spot_glue"); default
+      "prompt_tuning" or "model_tuning" from `trainable`. After the final
+      evaluation the run writes `metrics.json` (see spot.report).
   """
   tx = optimizer if optimizer is not None else optimizers.adafactor()
   partitioner = partitioner or partitioning_lib.Partitioner.create()
@@ -190,10 +209,11 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
 
   axes = model.param_axes()
   tr_axes, frozen_axes = trainable_lib.split(axes, trainable) if frozen else (axes, {})
-  tr_sh = partitioner.logical_to_mesh(tr_axes)
-  fr_sh = partitioner.logical_to_mesh(frozen_axes)
-  tr = jax.device_put(jax.tree_util.tree_map(jnp.asarray, tr), tr_sh)
-  frozen = jax.device_put(jax.tree_util.tree_map(jnp.asarray, frozen), fr_sh)
+  tr_sh = partitioner.logical_to_mesh(tr_axes, tr)
+  fr_sh = partitioner.logical_to_mesh(frozen_axes, frozen)
+  # Host values go straight to their shards: an XXL base never sits whole on one device.
+  tr = jax.device_put(tr, tr_sh)
+  frozen = jax.device_put(frozen, fr_sh)
 
   opt_shapes = jax.eval_shape(tx.init, tr)
   opt_sh = partitioner.optimizer_state_shardings(opt_shapes, tr_sh, tr)
@@ -231,8 +251,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   step_fn = make_train_step(model, tx, num_microbatches)
   rep = partitioner.replicated
   converter = data_lib.PromptFeatureConverter(model.prompt_length)
+  # Hosts of one model-parallel group read the same shard (T5X's DataLayout).
+  layout = partitioner.data_layout(train_dataset_cfg.batch_size)
   ds = data_lib.get_dataset(train_dataset_cfg, converter,
-                            shard_index=jax.process_index(), num_shards=jax.process_count(),
+                            shard_index=layout.shard_id, num_shards=layout.num_shards,
                             skip_batches=start_step)
   evaluator = None
   if eval_cfg is not None:
@@ -288,7 +310,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
       batch = {k: v for k, v in batch.items() if k in (
           "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
           "decoder_loss_weights", *model.prompt_input_names)}
-      gbatch = partitioner.shard_batch(batch)
+      gbatch = partitioner.shard_batch(batch, train_dataset_cfg.batch_size)
       if jitted is None:
         jitted = jax.jit(step_fn,
                          in_shardings=(tr_sh, opt_sh, fr_sh, partitioner.batch_shardings(batch),
@@ -332,6 +354,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
         run_eval(step)
   summaries.close()
   ckpt.close()
+  if eval_history and jax.process_index() == 0:
+    _write_final_metrics(model_dir, train_dataset_cfg.mixture_or_task_name, eval_history, best,
+                         method or ("prompt_tuning" if trainable == "prompt" else "model_tuning"),
+                         seed)
   final_loss = losses[-1][1] if losses else float("nan")
   return TrainResult(model_dir=str(model_dir), step=step, final_loss=final_loss, losses=losses,
                      eval_history=eval_history, best=best,
