@@ -17,8 +17,6 @@ import tarfile
 import uuid
 from typing import Iterable, Iterator, Optional
 
-from etils import epath
-
 from spot.library import entry as entry_lib
 from spot.library import fs
 from spot.library.errors import EntryExistsError, LibraryError
@@ -42,11 +40,11 @@ def export(library: PromptLibrary, out: str, names: Optional[Iterable[str]] = No
   names = library.names() if names is None else list(dict.fromkeys(names))
   for name in names:
     library.entry(name)  # not found or corrupt: fail before writing anything
-  out_path = epath.Path(out)
+  out_path = fs.path(out)
   local = fs.is_local(out)
   target = f"{os.fspath(out_path)}.tmp-{uuid.uuid4().hex}" if local else out_path
   try:
-    with epath.Path(target).open("wb") as raw, \
+    with fs.path(target).open("wb") as raw, \
         gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
       manifest = {"format": FORMAT, "version": VERSION, "entries": names}
@@ -90,7 +88,7 @@ def _entries(tar: tarfile.TarFile, names: set[str]) -> Iterator[tuple[str, dict[
 def import_archive(library: PromptLibrary, archive: str, *, overwrite: bool = False) -> list[str]:
   """Adds every entry of `archive` to `library`; returns their names."""
   try:
-    raw = epath.Path(archive).open("rb")
+    raw = fs.path(archive).open("rb")
   except (FileNotFoundError, OSError) as e:
     raise LibraryError(f"cannot read archive {archive}: {e}") from e
   with raw, tarfile.open(fileobj=raw, mode="r:*") as tar:

@@ -16,7 +16,6 @@ import warnings
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 import numpy as np
-from etils import epath
 
 from spot.library import archive, fs, retrieval, similarity, sources, transfer
 from spot.library.entry import ModelInfo, Provenance, encode_array
@@ -141,7 +140,7 @@ def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
   for spec in args.embedding:
     key, sep, file = spec.partition("=")
     if not sep:
-      key, file = epath.Path(spec).stem, spec
+      key, file = fs.path(spec).stem, spec
     out.append((key, sources.read_npy(file, "--embedding")))
   if args.embedding_step and not args.from_model_dir:
     raise LibraryError("--embedding-step needs --from-model-dir DIR.")
@@ -161,9 +160,9 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   else:
     prompt = sources.t5x_prompt(args.from_t5x, args.variable)
     step = step if step is not None else sources.checkpoint_step(args.from_t5x)
-    gin_dir = str(epath.Path(args.from_t5x).parent)
+    gin_dir = str(fs.path(args.from_t5x).parent)
   if args.gin_config:
-    gin = epath.Path(args.gin_config).read_text()
+    gin = fs.path(args.gin_config).read_text()
   else:
     gin = sources.gin_config(gin_dir) if gin_dir else ""
   entry = lib.add(
@@ -226,7 +225,7 @@ def _query(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   messages = []
   if args.init:
     init = transfer.init_prompt(lib, ranked, args.init)
-    fs.write_bytes(epath.Path(args.init_out), encode_array(init),
+    fs.write_bytes(fs.path(args.init_out), encode_array(init),
                    local=fs.is_local(args.init_out))
     messages.append(f"wrote {args.init} initialisation {_shape(init.shape)} to {args.init_out}")
   if args.mixture:

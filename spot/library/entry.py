@@ -20,8 +20,6 @@ import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
-from etils import epath
-
 from spot.library import fs
 from spot.library.errors import CorruptEntryError, LibraryError, ModelMismatchError
 
@@ -206,9 +204,9 @@ def decode_array(data: bytes, what: str) -> np.ndarray:
     raise CorruptEntryError(f"{what} is not a readable .npy file ({e})") from e
 
 
-def read_array(entry_dir: epath.Path, record: ArrayRecord) -> np.ndarray:
+def read_array(entry_dir: fs.Path, record: ArrayRecord) -> np.ndarray:
   """Reads one array of an entry and checks size, checksum, shape and dtype."""
-  path = epath.Path(entry_dir) / record.file
+  path = entry_dir / record.file
   try:
     data = fs.read_bytes(path)
   except (FileNotFoundError, OSError) as e:

@@ -1,8 +1,9 @@
 """File operations the prompt library needs, on local disk and object stores.
 
-Local paths use `os` directly: a directory rename is atomic and refuses to
-replace a non-empty directory, which is what makes concurrent adds safe. Object
-stores (`gs://...`) go through `etils.epath`; they have no atomic directory
+Local paths are `pathlib.Path`s and use `os` directly: a directory rename is
+atomic and refuses to replace a non-empty directory, which is what makes
+concurrent adds safe. Object stores (`gs://...`) are `etils.epath.Path`s
+(imported only then: it is slow to import); they have no atomic directory
 rename, so callers order their writes instead (arrays first, `entry.json` last).
 """
 
@@ -12,16 +13,19 @@ import errno
 import hashlib
 import mmap
 import os
+import pathlib
 import re
 import shutil
 import time
 import uuid
 from concurrent import futures
-from typing import Callable, Iterable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, TypeVar, Union
 
-from etils import epath
+if TYPE_CHECKING:
+  from etils import epath
 
-PathLike = Union[str, os.PathLike, epath.Path]
+PathLike = Union[str, os.PathLike]
+Path = Union[pathlib.Path, "epath.Path"]
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -38,15 +42,23 @@ def is_local(path: PathLike) -> bool:
   return not _SCHEME.match(os.fspath(path))
 
 
+def path(p: PathLike) -> Path:
+  """`p` as a `pathlib.Path` when local, else as an `etils.epath.Path`."""
+  if is_local(p):
+    return pathlib.Path(p)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(p)
+
+
 def sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: epath.Path) -> bytes:
-  return epath.Path(path).read_bytes()
+def read_bytes(p: PathLike) -> bytes:
+  return path(p).read_bytes()
 
 
-def map_file(path: epath.Path, *, local: bool) -> Union[bytes, mmap.mmap]:
+def map_file(path: Path, *, local: bool) -> Union[bytes, mmap.mmap]:
   """A read-only memory map of a local file (bytes if empty or remote).
 
   The map keeps reading the file it opened even if a writer replaces it.
@@ -67,12 +79,11 @@ def write_synced(path: str, data: bytes) -> None:
     _datasync(f.fileno())
 
 
-def write_bytes(path: epath.Path, data: bytes, *, local: bool) -> None:
+def write_bytes(path: Path, data: bytes, *, local: bool) -> None:
   """Writes `data` at `path`: atomically (temp file, fsync, rename) when local.
 
   On an object store a single object write is already all-or-nothing.
   """
-  path = epath.Path(path)
   if not local:
     path.write_bytes(data)
     return
@@ -85,13 +96,12 @@ def write_bytes(path: epath.Path, data: bytes, *, local: bool) -> None:
       os.remove(tmp)
 
 
-def create_exclusive(path: epath.Path, data: bytes, *, local: bool) -> bool:
+def create_exclusive(path: Path, data: bytes, *, local: bool) -> bool:
   """Writes `data` at `path` unless it exists; returns whether this call wrote it.
 
   Atomic on local disk (a hard link of a complete temp file fails if the name
   is taken); best effort (check, then write) on an object store.
   """
-  path = epath.Path(path)
   if not local:
     if path.exists():
       return False
@@ -108,7 +118,7 @@ def create_exclusive(path: epath.Path, data: bytes, *, local: bool) -> bool:
     os.remove(tmp)
 
 
-def rename_dir(src: epath.Path, dst: epath.Path) -> bool:
+def rename_dir(src: Path, dst: Path) -> bool:
   """Renames local directory `src` to `dst`; False if `dst` is taken (not empty)."""
   try:
     os.rename(os.fspath(src), os.fspath(dst))
@@ -119,25 +129,23 @@ def rename_dir(src: epath.Path, dst: epath.Path) -> bool:
     raise
 
 
-def rmtree(path: epath.Path, *, local: bool) -> None:
-  if local:
-    shutil.rmtree(os.fspath(path), ignore_errors=True)
-  else:
-    path = epath.Path(path)
-    if path.exists():
-      path.rmtree()
+def rmtree(path: Path) -> None:
+  """Deletes a folder tree, if present."""
+  if isinstance(path, pathlib.Path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif path.exists():
+    path.rmtree()
 
 
-def list_dirs(path: epath.Path, *, local: bool) -> list[str]:
+def list_dirs(path: Path) -> list[str]:
   """Names of the sub-directories of `path` (not hidden), sorted; [] if absent."""
-  if local:
+  if isinstance(path, pathlib.Path):
     try:
-      with os.scandir(os.fspath(path)) as it:
+      with os.scandir(path) as it:
         names = [d.name for d in it if d.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
       return []
   else:
-    path = epath.Path(path)
     if not path.exists():
       return []
     names = [p.name for p in path.iterdir() if p.is_dir()]
@@ -149,7 +157,7 @@ def _fingerprint(dir_stat: os.stat_result, marker_stat: os.stat_result) -> str:
           f"{marker_stat.st_ino}:{marker_stat.st_mtime_ns}:{marker_stat.st_size}")
 
 
-def local_fingerprint(path: epath.Path, marker: str) -> Optional[str]:
+def local_fingerprint(path: Path, marker: str) -> Optional[str]:
   """Change detector of one local directory: None if absent, "" without `marker`.
 
   It combines the directory's inode and times with the stat of its `marker`
@@ -166,7 +174,7 @@ def local_fingerprint(path: epath.Path, marker: str) -> Optional[str]:
     return ""
 
 
-def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
+def local_fingerprints(path: Path, marker: str) -> dict[str, str]:
   """`local_fingerprint` of each sub-directory of a local `path` (one scandir)."""
   out = {}
   try:
@@ -185,7 +193,7 @@ def local_fingerprints(path: epath.Path, marker: str) -> dict[str, str]:
   return out
 
 
-def dir_stamp(path: epath.Path) -> str:
+def dir_stamp(path: Path) -> str:
   """A local directory's identity and times: equal stamps mean no entry was
   added, removed or renamed in it. "" when it changed too recently to tell.
   """

@@ -12,7 +12,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-from etils import epath
 from scipy.cluster import hierarchy
 from scipy.spatial import distance
 
@@ -62,7 +61,7 @@ def write_heatmap(names: Sequence[str], matrix: np.ndarray, out: str, title: str
   names = [names[i] for i in order]
   matrix = matrix[np.ix_(order, order)]
   png = render(names, matrix, title)
-  path = epath.Path(out)
+  path = fs.path(out)
   if str(path.parent) not in ("", "."):
     path.parent.mkdir(parents=True, exist_ok=True)
   fs.write_bytes(path, png, local=fs.is_local(os.fspath(out)))

@@ -13,8 +13,7 @@ import re
 from typing import Optional
 
 import numpy as np
-from etils import epath
-
+from spot.library import fs
 from spot.library.errors import LibraryError
 
 DEFAULT_VARIABLE = "encoder/prompt/prompt/prompt"
@@ -25,7 +24,7 @@ _STEP = re.compile(r"^checkpoint_(\d+)$")
 def read_npy(path: str, what: str) -> np.ndarray:
   """Reads a `np.save` payload (any file name) or raises naming `what`."""
   try:
-    data = epath.Path(path).read_bytes()
+    data = fs.read_bytes(path)
   except (FileNotFoundError, IsADirectoryError, OSError) as e:
     raise LibraryError(f"cannot read {what} {path}: {e.__class__.__name__}: {e}") from e
   try:
@@ -37,13 +36,13 @@ def read_npy(path: str, what: str) -> np.ndarray:
 
 def checkpoint_step(path: str) -> Optional[int]:
   """The step of a `checkpoint_<step>` path, else None."""
-  m = _STEP.match(epath.Path(path).name)
+  m = _STEP.match(fs.path(path).name)
   return int(m.group(1)) if m else None
 
 
-def numpy_checkpoints(model_dir: str) -> dict[int, epath.Path]:
+def numpy_checkpoints(model_dir: str) -> dict[int, fs.Path]:
   """step -> folder of the numpy prompt checkpoints of a run."""
-  root = epath.Path(model_dir) / NUMPY_CHECKPOINTS
+  root = fs.path(model_dir) / NUMPY_CHECKPOINTS
   if not root.is_dir():
     raise LibraryError(f"{model_dir} has no {NUMPY_CHECKPOINTS}/ folder: is it a prompt "
                        "tuning run's model_dir? Use --prompt FILE.npy or --from-t5x CKPT "
@@ -73,7 +72,7 @@ def model_dir_prompt(model_dir: str, step: Optional[int] = None,
 
 def gin_config(model_dir: str) -> str:
   """The run's `config.gin` text, or "" if it has none."""
-  path = epath.Path(model_dir) / "config.gin"
+  path = fs.path(model_dir) / "config.gin"
   return path.read_text() if path.is_file() else ""
 
 

@@ -27,8 +27,6 @@ import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
-from etils import epath
-
 import spot
 from spot.library import entry as entry_lib
 from spot.library import fs
@@ -74,7 +72,7 @@ class PromptLibrary:
       local: force the local-disk (True) or object-store (False) write
         protocol; None picks by the path's scheme.
     """
-    self.path = epath.Path(path)
+    self.path = fs.path(path)
     self._local = fs.is_local(path) if local is None else local
     self._index: Optional[index_lib.Index] = None
 
@@ -83,7 +81,7 @@ class PromptLibrary:
 
   # -- layout ---------------------------------------------------------------
 
-  def _dir(self, name: str) -> epath.Path:
+  def _dir(self, name: str) -> fs.Path:
     return self.path / ENTRIES_DIR / name
 
   def exists(self) -> bool:
@@ -174,6 +172,11 @@ class PromptLibrary:
     self._install(name, files, overwrite=overwrite)
     return entry
 
+  def _exists(self, name: str) -> EntryExistsError:
+    return EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
+                            "overwrite=True (CLI: --overwrite) to replace it, or pick "
+                            "another name.")
+
   def _register_model(self, info: ModelInfo) -> None:
     """Fixes a model's embed_dim on its first entry; refuses a different one later."""
     path = self.path / MODELS_DIR / (urllib.parse.quote(info.name, safe="") + ".json")
@@ -209,18 +212,16 @@ class PromptLibrary:
         if fs.rename_dir(staging, self._dir(name)):
           return
         if not overwrite:
-          raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
-                                 "overwrite=True (CLI: --overwrite) to replace it, or pick "
-                                 "another name.")
+          raise self._exists(name)
         old = tmp / f"{name}.{uuid.uuid4().hex}.old"
         try:
           if fs.rename_dir(self._dir(name), old):
-            fs.rmtree(old, local=True)
+            fs.rmtree(old)
         except FileNotFoundError:
           pass  # a concurrent writer moved it; try again
       raise LibraryError(f"could not replace entry {name!r}: other writers kept replacing it.")
     finally:
-      fs.rmtree(staging, local=True)
+      fs.rmtree(staging)
 
   def _install_remote(self, name: str, files: Mapping[str, bytes], *, overwrite: bool) -> None:
     """Object-store install: arrays (uniquely named by `add`) first, entry.json last.
@@ -231,8 +232,7 @@ class PromptLibrary:
     target = self._dir(name)
     marker = target / entry_lib.ENTRY_FILE
     if marker.exists() and not overwrite:
-      raise EntryExistsError(f"entry {name!r} already exists in {self.path}; pass "
-                             "overwrite=True (CLI: --overwrite) to replace it.")
+      raise self._exists(name)
     for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
       (target / rel).parent.mkdir(parents=True, exist_ok=True)
       fs.write_bytes(target / rel, files[rel], local=False)
@@ -257,14 +257,14 @@ class PromptLibrary:
         os.rename(os.fspath(self._dir(name)), os.fspath(gone))
       except FileNotFoundError:
         raise self._not_found(name) from None
-      fs.rmtree(gone, local=True)
+      fs.rmtree(gone)
       return
     if not self._dir(name).exists():
       raise self._not_found(name)
     marker = self._dir(name) / entry_lib.ENTRY_FILE
     if marker.exists():
       marker.unlink()
-    fs.rmtree(self._dir(name), local=False)
+    fs.rmtree(self._dir(name))
 
   def install_files(self, name: str, files: Mapping[str, bytes], *,
                     overwrite: bool = False) -> Entry:
@@ -293,7 +293,7 @@ class PromptLibrary:
   # -- reading --------------------------------------------------------------
 
   def _not_found(self, name: str) -> EntryNotFoundError:
-    names = fs.list_dirs(self.path / ENTRIES_DIR, local=self._local)
+    names = fs.list_dirs(self.path / ENTRIES_DIR)
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = (f"; did you mean {', '.join(close)}?" if close else
             f"; it has {len(names)} entries (spot library --library {self.path} list)")
@@ -402,7 +402,7 @@ class PromptLibrary:
       except FileNotFoundError:
         return name, ""
 
-    return dict(fs.parallel_map(remote, fs.list_dirs(entries, local=False)))
+    return dict(fs.parallel_map(remote, fs.list_dirs(entries)))
 
   def _index_row(self, name: str, fingerprint: str
                  ) -> tuple[Optional[index_lib.Row], Optional[dict[str, np.ndarray]]]:

@@ -229,3 +229,10 @@ def test_unchanged_listing_is_not_rescanned(lib, make_prompt, model, monkeypatch
   assert lib.names() == ["e0", "e1", "e2", "e3"] and scans == [1]
   lib.remove("e0")
   assert lib.names() == ["e1", "e2", "e3"]
+
+
+def test_gs_paths_use_etils_and_the_object_store_protocol():
+  lib = PromptLibrary("gs://some-bucket/prompt-library")  # nothing is read yet
+  assert not lib._local and os.fspath(lib.path) == "gs://some-bucket/prompt-library"
+  assert type(lib.path).__module__.startswith("etils.")
+  assert fs.is_local("/tmp/x") and fs.is_local("relative/dir") and not fs.is_local("gs://b/x")
