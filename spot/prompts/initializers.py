@@ -57,7 +57,8 @@ def sampled_vocab(embeddings: Embeddings, population_size: Optional[int] = 5000)
     pop = table.shape[0] if population_size is None else min(population_size, table.shape[0])
     replace = shape[0] > pop
     idx = jax.random.choice(rng, pop, (shape[0],), replace=replace)
-    return jnp.asarray(table[np.asarray(idx)], dtype)
+    # jnp.take, not numpy indexing: `idx` is a tracer under jit / eval_shape.
+    return jnp.take(jnp.asarray(table, dtype), idx, axis=0)
 
   return init
 
