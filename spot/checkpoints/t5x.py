@@ -152,9 +152,8 @@ def load_t5x_variable(path: PathLike, variable_path: str, *, step: Optional[int]
     raise _missing_variable(name, sorted(leaves), located.path)
   leaf = leaves[name]
   del contents, optimizer, leaves
-  array = t5x_format.read_leaves({name: leaf}, located.directory, located.path, dtype=dtype,
-                                 version=version)[name]
-  return np.array(array)  # own the memory, not a view of the msgpack bytes
+  return t5x_format.read_leaves({name: leaf}, located.directory, located.path, dtype=dtype,
+                                version=version)[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ loading needs about one copy of the weights, not two.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from typing import Any, Iterable, Mapping, Optional
@@ -32,6 +33,7 @@ from flax import serialization, traverse_util
 DUMMY_BUCKET = "t5x-dummy-bucket"
 VERSION = 3
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 _SPEC_KEYS = frozenset({"driver", "kvstore", "metadata"})
 _KNOWN_KVSTORES = ("file", "gfile", "gcs")
 _TS_CONTEXT_SPEC = {"file_io_concurrency": {"limit": 128}}
@@ -146,35 +148,49 @@ def _open(spec: dict, strict: bool, context: ts.Context) -> ts.Future:
 
 
 def read_leaves(leaves: Mapping[str, Any], directory: epath.Path, file: epath.Path, *,
-                dtype: Optional[Any] = None, version: int = VERSION) -> dict[str, Any]:
+                dtype: Optional[Any] = None, version: int = VERSION,
+                max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> dict[str, Any]:
   """Materialises {name: leaf} where leaves are ndarrays, specs or None.
 
-  All tensorstore opens and reads are issued before any is awaited, so they
-  run in parallel; `dtype` casts during the read (no second copy).
+  All arrays are opened in parallel, then read in parallel with at most
+  `max_inflight_bytes` of reads outstanding (at least one): tensorstore
+  decodes each chunk into a buffer before copying it into the result, so the
+  budget bounds that transient memory on top of the loaded weights. `dtype`
+  casts inside tensorstore while reading (no second full copy).
   """
   context = ts.Context(_TS_CONTEXT_SPEC)
   specs = {n: absolute_spec(v, directory, n) for n, v in leaves.items() if is_spec(v)}
   opening = {n: _open(s, True, context) for n, s in specs.items()}
-  reading = {}
+  stores = {}
   for name, future in opening.items():
     try:
-      store = future.result()
+      stores[name] = future.result()
     except ValueError as e:
       raise _ts_error(e, name, specs[name], file) from e
     if dtype is not None:
-      store = ts.cast(store, ts.dtype(np.dtype(dtype).name))
-    reading[name] = store.read()
-  out = {}
+      stores[name] = ts.cast(stores[name], ts.dtype(np.dtype(dtype).name))
+  out: dict[str, Any] = {}
+  inflight: collections.deque = collections.deque()
+  inflight_bytes = 0
+  for name, store in stores.items():
+    nbytes = int(np.prod(store.shape, dtype=np.int64)) * store.dtype.numpy_dtype.itemsize
+    while inflight and inflight_bytes + nbytes > max_inflight_bytes:
+      done, future, done_bytes = inflight.popleft()
+      out[done] = _await_read(future, done, specs[done], file, dtype, context)
+      inflight_bytes -= done_bytes
+    inflight.append((name, store.read(), nbytes))
+    inflight_bytes += nbytes
+  for done, future, _ in inflight:
+    out[done] = _await_read(future, done, specs[done], file, dtype, context)
   for name, leaf in leaves.items():
-    if name in reading:
-      out[name] = _await_read(reading[name], name, specs[name], file, dtype, context)
+    if name in out:
       if version < 3 and out[name].dtype == np.uint16:
         out[name] = out[name].view(_bfloat16())  # v2 stored bfloat16 bits as uint16.
-    elif leaf is None or dtype is None:
-      out[name] = leaf
-    else:
-      out[name] = np.asarray(leaf).astype(dtype)
-  return out
+    elif leaf is None:
+      out[name] = None
+    else:  # inline: copy out of the (read-only) msgpack buffer, casting if asked
+      out[name] = np.array(leaf, dtype=dtype)
+  return {name: out[name] for name in leaves}
 
 
 def _await_read(future: ts.Future, name: str, spec: dict, file: epath.Path,
@@ -251,7 +267,8 @@ def stored_spec(name: str, array: np.ndarray, *, gcs: bool,
 
 
 def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
-                     version: int = VERSION, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+                     version: int = VERSION, max_chunk_bytes: int = MAX_CHUNK_BYTES,
+                     max_inflight_bytes: int = MAX_INFLIGHT_BYTES) -> None:
   """Writes `{"version", "optimizer"}` into an existing, empty `directory`.
 
   Args:
@@ -261,6 +278,8 @@ def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
       (None leaves are kept, as T5X keeps untouched MultiOptimizer states).
     version: the T5X format version; only 3 is written.
     max_chunk_bytes: upper bound of one zarr chunk.
+    max_inflight_bytes: bound on array bytes being written at once (at least
+      one array), which bounds tensorstore's staging memory.
 
   The msgpack file is written last, after every array write has completed.
   """
@@ -269,7 +288,9 @@ def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
   gcs = os.fspath(directory).startswith("gs://")
   context = ts.Context(_TS_CONTEXT_SPEC)
   leaves = flatten_leaves(optimizer)
-  stored, writes = {}, []
+  stored: dict[str, Any] = {}
+  writes: collections.deque = collections.deque()  # (future, bytes), oldest first
+  inflight_bytes = 0
   try:
     for name, leaf in leaves.items():
       if leaf is None:
@@ -281,14 +302,20 @@ def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
         continue
       spec = stored_spec(name, array, gcs=gcs, max_chunk_bytes=max_chunk_bytes)
       stored[name] = spec
+      # Like reads, writes stage chunks in tensorstore buffers: bound what is in flight.
+      while writes and inflight_bytes + array.nbytes > max_inflight_bytes:
+        future, nbytes = writes.popleft()
+        future.result()
+        inflight_bytes -= nbytes
       store = ts.open(absolute_spec(spec, directory, name), create=True, open=True,
                       context=context).result()
-      writes.append(store.write(array))
+      writes.append((store.write(array), array.nbytes))
+      inflight_bytes += array.nbytes
   finally:
     # Never return (or raise) while tensorstore still writes into `directory`.
-    for future in writes:
+    for future, _ in writes:
       future.exception()
-  for future in writes:
+  for future, _ in writes:
     future.result()
   contents = {"version": version, "optimizer": traverse_util.unflatten_dict(stored, sep="/")}
   (directory / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))

@@ -9,6 +9,7 @@ checkpoints carry no config; the gin file does).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Optional
 
@@ -42,7 +43,13 @@ def leaf_shape(leaf: Any) -> Shape:
 
 def expected_shapes(config: T5Config) -> dict[str, Shape]:
   """The flat {name: shape} tree `spot.models.T5(config)` creates (no prompt)."""
-  return {k: leaf_shape(v) for k, v in flatten(param_shapes(config)).items()}
+  return dict(_expected_shapes(config))
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(config: T5Config) -> tuple[tuple[str, Shape], ...]:
+  # Tracing the model's init takes ~0.5 s; configs are frozen, so cache per config.
+  return tuple((k, leaf_shape(v)) for k, v in flatten(param_shapes(config)).items())
 
 
 def is_extra_param(name: str) -> bool:

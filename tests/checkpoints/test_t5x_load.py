@@ -118,3 +118,16 @@ def test_infer_config_matches_tiny(tiny_ckpt):
   params = checkpoints.load_t5x(tiny_ckpt)
   inferred = checkpoints.infer_config(params, relative_attention_max_distance=8)
   assert inferred == get_config("t5_1_1_tiny")
+
+
+def test_read_budget_serialises_without_changing_results(tiny_ckpt, reference_reader):
+  from etils import epath
+  from spot.checkpoints import t5x_format
+  file = epath.Path(tiny_ckpt) / "checkpoint"
+  contents = t5x_format.read_contents(file)
+  leaves = t5x_format.flatten_leaves(contents["optimizer"]["target"])
+  one_at_a_time = t5x_format.read_leaves(leaves, file.parent, file, max_inflight_bytes=1)
+  want = reference_reader(tiny_ckpt)
+  assert list(one_at_a_time) == list(leaves)
+  for name in want:
+    np.testing.assert_array_equal(one_at_a_time[name], want[name], err_msg=name)

@@ -111,7 +111,7 @@ def test_multi_chunk_and_bfloat16_round_trip(tmp_path):
   directory.mkdir()
   t5x_format.write_checkpoint(
       directory, {"target": {"w": {"kernel": array}, "b": {"kernel": array.astype(jnp.bfloat16)}},
-                  "state": {"step": np.int32(1)}}, max_chunk_bytes=256)
+                  "state": {"step": np.int32(1)}}, max_chunk_bytes=256, max_inflight_bytes=1)
   assert len([f for f in os.listdir(directory / "target.w.kernel") if not f.startswith(".")]) > 1
   params = checkpoints.load_t5x(directory)
   np.testing.assert_array_equal(params["w"]["kernel"], array)
@@ -160,3 +160,23 @@ def test_gcs_spec_rewriting():
   with pytest.raises(ValueError, match="unsupported tensorstore kvstore driver 'memory'"):
     t5x_format.absolute_spec({"driver": "zarr", "kvstore": {"driver": "memory", "path": "x"},
                               "metadata": {}}, epath.Path("/x"), "a/kernel")
+
+
+def test_version_2_bfloat16_stored_as_uint16(tmp_path):
+  """T5X version 2 wrote bfloat16 arrays as their uint16 bits; they load as bfloat16."""
+  from flax import serialization
+  array = (np.arange(24, dtype=np.float32).reshape(4, 6) / 7).astype(jnp.bfloat16)
+  directory = epath.Path(tmp_path) / "checkpoint_1"
+  directory.mkdir()
+  t5x_format.write_checkpoint(directory, {"target": {"w": {"kernel": array.view(np.uint16)}},
+                                          "state": {"step": np.int32(1)}})
+  contents = serialization.msgpack_restore((directory / "checkpoint").read_bytes())
+  contents["version"] = 2
+  (directory / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
+  loaded = checkpoints.load_t5x(directory)["w"]["kernel"]
+  assert loaded.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(loaded, array)
+  contents["version"] = 1
+  (directory / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
+  with pytest.raises(ValueError, match="version 1; versions below 2 are not supported"):
+    checkpoints.load_t5x(directory)
