@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spot.models import T5, get_config, init_params
+from spot.models import T5, get_config, init_params, param_shapes
 from spot.train import inference
 
 EOS = 1
@@ -159,11 +159,15 @@ def test_rank_classify_picks_the_most_likely_candidate(t5):
 
 
 def test_decoding_with_a_prompt_matches_uncached_argmax(t5):
-  _, _, batch = t5
+  _, base_params, batch = t5
   factory = lambda: ToyPrompt(length=3, features=CONFIG.emb_dim)
   model = T5(CONFIG, prompt_factory=factory)
-  params = init_params(CONFIG, jax.random.PRNGKey(4), prompt_factory=factory)
-  assert params["encoder"]["prompt"]["prompt"].shape == (3, CONFIG.emb_dim)
+  # The frozen model's parameters plus a prompt (cheaper than a second init).
+  prompt = jax.random.normal(jax.random.PRNGKey(4), (3, CONFIG.emb_dim))
+  params = dict(base_params, encoder=dict(base_params["encoder"], prompt={"prompt": prompt}))
+  expected = param_shapes(CONFIG, prompt_factory=factory)
+  assert (jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+          and expected["encoder"]["prompt"]["prompt"].shape == prompt.shape)
   batch = dict(batch, prompt_inputs={"scale": jnp.array([1.0, 0.5, 2.0])})
   encoded, valid = jax.eval_shape(functools.partial(inference.encode, model), params, batch)
   assert encoded.shape == (3, 3 + 7, CONFIG.emb_dim) and valid.shape == (3, 3 + 7)
