@@ -8,7 +8,7 @@ mapping onto T5X names is one table (`name_map`) used in both directions:
   shared.weight [V, D]                               token_embedder/embedding
   {enc,dec}oder.block.0.layer.0.SelfAttention
       .relative_attention_bias.weight [B, H]         {stack}/relpos_bias/rel_embedding [H, B]
-  encoder.block.i.layer.0.SelfAttention.{q,k,v,o}    encoder/layers_i/attention/{query,key,value,out}
+  encoder.block.i.layer.0.SelfAttention.{q,k,v,o}    encoder/layers_i/attention/{query,...,out}
   decoder.block.i.layer.1.EncDecAttention.*          decoder/layers_i/encoder_decoder_attention/*
   *.DenseReluDense.{wi | wi_0, wi_1, wo}             */mlp/{wi | wi_0, wi_1, wo}
   *.layer_norm / final_layer_norm                    pre_*_layer_norm / {stack}_norm

@@ -13,9 +13,9 @@ directory. Specs may name the 'file', 'gfile' or 'gcs' kvstore driver and, on
 GCS, the dummy bucket "t5x-dummy-bucket": both are rewritten to wherever the
 checkpoint lives now, so a checkpoint can be copied between disks and buckets.
 
-Reads are issued to tensorstore all at once and complete in parallel; each
-array is read once, straight into its final (optionally cast) buffer, so
-loading needs about one copy of the weights, not two.
+Reads run in parallel in tensorstore with at most MAX_INFLIGHT_BYTES (256 MiB)
+outstanding; each array is read once into its final (optionally cast) buffer,
+so loading needs one copy of the weights plus that budget, not two copies.
 """
 
 from __future__ import annotations

@@ -72,13 +72,15 @@ def test_shape_mismatch_names_each_parameter(tiny_ckpt):
   with pytest.raises(ValueError) as info:
     checkpoints.load_t5x(tiny_ckpt, wrong)
   message = str(info.value)
-  assert "shape mismatch for token_embedder/embedding: expected [32128, 8], found [32128, 4]" in message
+  assert ("shape mismatch for token_embedder/embedding: expected [32128, 8], found [32128, 4]"
+          in message)
   assert "shape mismatch for encoder/encoder_norm/scale: expected [8], found [4]" in message
   deeper = get_config("t5_1_1_tiny", num_encoder_layers=3, num_decoder_layers=1)
   with pytest.raises(ValueError) as info:
     checkpoints.load_t5x(tiny_ckpt, deeper)
   message = str(info.value)
-  assert "missing parameter encoder/layers_2/attention/query/kernel: expected shape [4, 4]" in message
+  assert ("missing parameter encoder/layers_2/attention/query/kernel: expected shape [4, 4]"
+          in message)
   assert "unexpected parameter decoder/layers_1/mlp/wi_0/kernel with shape [4, 8]" in message
   tied = get_config("t5_1_1_tiny", logits_via_embedding=True)
   with pytest.raises(ValueError, match="unexpected parameter decoder/logits_dense/kernel"):
@@ -147,7 +149,8 @@ def test_hf_wrong_shape_and_unexpected_tensor(hf_dir, tmp_path):
   message = str(info.value)
   assert (f"tensor {name} in model.safetensors (for encoder/layers_0/mlp/wi_1/kernel): "
           "expected shape [16, 8], found [12, 8]") in message
-  assert "unexpected tensor encoder.block.0.layer.0.SelfAttention.relative_attention_bias2" in message
+  assert ("unexpected tensor encoder.block.0.layer.0.SelfAttention.relative_attention_bias2"
+          in message)
 
 
 def test_hf_without_weights(hf_dir, tmp_path):

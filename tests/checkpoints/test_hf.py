@@ -70,8 +70,8 @@ def test_name_map_covers_every_parameter():
 @pytest.fixture(scope="module")
 def transformers():
   pytest.importorskip("torch", reason="the HF parity tests need PyTorch (pip install torch)")
-  return pytest.importorskip("transformers",
-                             reason="the HF parity tests need transformers (pip install transformers)")
+  return pytest.importorskip(
+      "transformers", reason="the HF parity tests need transformers (pip install transformers)")
 
 
 def _hf_model(transformers, feed_forward_proj: str, tie: bool, seed: int):

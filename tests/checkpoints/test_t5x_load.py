@@ -55,7 +55,8 @@ def test_optimizer_state_and_dtype(tiny_ckpt):
   emb = params["token_embedder"]["embedding"]
   assert emb.dtype == jnp.bfloat16
   exact = checkpoints.load_t5x(tiny_ckpt)["token_embedder"]["embedding"]
-  np.testing.assert_array_equal(emb.astype(np.float32), exact.astype(jnp.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(emb.astype(np.float32),
+                                exact.astype(jnp.bfloat16).astype(np.float32))
 
 
 def test_forward_pass_on_tiny_checkpoint(tiny_ckpt):

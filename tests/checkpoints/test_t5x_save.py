@@ -70,7 +70,7 @@ def test_files_match_the_real_t5x_checkpoint(tiny_ckpt, tmp_path, raw_reader, fl
     assert set(our_leaf) == set(their_leaf) == {"driver", "kvstore", "metadata"}
     assert our_leaf["driver"] == "zarr"
     assert set(our_leaf["kvstore"]) == set(their_leaf["kvstore"]) == {"driver", "path"}
-    assert our_leaf["kvstore"]["path"] == their_leaf["kvstore"]["path"] == "target." + name.replace("/", ".")
+    assert our_leaf["kvstore"]["path"] == their_leaf["kvstore"]["path"] == name_to_dir(name)
     assert our_leaf["kvstore"]["driver"] == "file"  # T5X's local driver ('gfile' is older)
     assert set(our_leaf["metadata"]) == set(their_leaf["metadata"])
     for key in ("compressor", "dtype", "shape"):
@@ -111,7 +111,8 @@ def test_multi_chunk_and_bfloat16_round_trip(tmp_path):
   directory.mkdir()
   t5x_format.write_checkpoint(
       directory, {"target": {"w": {"kernel": array}, "b": {"kernel": array.astype(jnp.bfloat16)}},
-                  "state": {"step": np.int32(1)}}, max_chunk_bytes=256, max_inflight_bytes=1)
+                  "state": {"step": np.int32(1)}},
+      max_chunk_bytes=256, max_inflight_bytes=1)
   assert len([f for f in os.listdir(directory / "target.w.kernel") if not f.startswith(".")]) > 1
   params = checkpoints.load_t5x(directory)
   np.testing.assert_array_equal(params["w"]["kernel"], array)
