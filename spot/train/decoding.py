@@ -181,10 +181,12 @@ def _decode_length(inputs: Array, max_decode_len: Optional[int]) -> int:
   return int(max_decode_len)
 
 
-def _forced_tokens(inputs: Array, step: Array) -> Array:
-  """The token forced at output position `step` ([N]; 0 means not forced)."""
-  padded = jnp.pad(inputs, ((0, 0), (0, 1)))  # step + 1 may reach L
-  return lax.dynamic_index_in_dim(padded, step + 1, axis=1, keepdims=False).astype(jnp.int32)
+def _forced_tokens(padded_inputs: Array, step: Array) -> Array:
+  """The token forced at output position `step` ([N]; 0 means not forced).
+
+  `padded_inputs` is `inputs` [N, L] with one extra 0 column, as step + 1 may reach L.
+  """
+  return lax.dynamic_index_in_dim(padded_inputs, step + 1, axis=1, keepdims=False)
 
 
 def _sort_ascending(sequences: Array, scores: Array) -> Tuple[Array, Array]:
@@ -297,9 +299,10 @@ def temperature_sample(
   decode_rng = jax.random.PRNGKey(0) if decode_rng is None else decode_rng
   if not isinstance(temperature, (int, float)) and jnp.ndim(temperature) == 1:
     temperature = flat_batch_expand(temperature, num_decodes)
-  inputs = flat_batch_expand(inputs.astype(jnp.int32), num_decodes)
+  padded_inputs = jnp.pad(flat_batch_expand(inputs.astype(jnp.int32), num_decodes),
+                          ((0, 0), (0, 1)))
   cache = expand_cache(cache, num_decodes) if num_decodes > 1 else cache
-  n = inputs.shape[0]
+  n = padded_inputs.shape[0]
 
   def cond_fn(state: SamplingState) -> Array:
     return (state.step < max_len) & ~jnp.all(state.ended)
@@ -309,7 +312,7 @@ def temperature_sample(
     logits, new_cache = tokens_to_logits(state.cur_token, state.cache)
     token, token_log_prob = _next_tokens(logits.astype(jnp.float32), rng, temperature, topk,
                                          topp, rescale_log_probs)
-    forced = _forced_tokens(inputs, state.step)
+    forced = _forced_tokens(padded_inputs, state.step)
     is_forced = forced != 0
     token = jnp.where(is_forced, forced, token)
     token = jnp.where(state.ended, 0, token)
@@ -436,7 +439,7 @@ def beam_search(
   max_len = _decode_length(inputs, max_decode_len)
   batch_size, length = inputs.shape
   k = num_decodes
-  inputs = inputs.astype(jnp.int32)
+  padded_inputs = jnp.pad(inputs.astype(jnp.int32), ((0, 0), (0, 1)))
 
   def cond_fn(state: BeamState) -> Array:
     best_possible = state.live_log_probs.max(axis=1) / brevity_penalty(alpha, max_len)
@@ -451,7 +454,7 @@ def beam_search(
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     log_probs = unflatten_beam_dim(log_probs, batch_size, k)  # [B, k, V]
-    forced = _forced_tokens(inputs, step)  # [B]
+    forced = _forced_tokens(padded_inputs, step)  # [B]
     forced_log_probs = jnp.where(jnp.arange(vocab) == forced[:, None, None], 0.0, NEG_INF)
     log_probs = jnp.where((forced != 0)[:, None, None], forced_log_probs, log_probs)
     candidates = (state.live_log_probs[:, :, None] + log_probs).reshape(batch_size, k * vocab)
