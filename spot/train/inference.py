@@ -47,7 +47,8 @@ def shift_right(targets: Array) -> Array:
 def _encoder_batch(batch: Batch) -> dict[str, Any]:
   """The arrays the encoder needs, validated."""
   if "encoder_input_tokens" not in batch:
-    raise ValueError(f"batch needs 'encoder_input_tokens' [batch, length]; got keys {sorted(batch)}.")
+    raise ValueError("batch needs 'encoder_input_tokens' [batch, length]; "
+                     f"got keys {sorted(batch)}.")
   tokens = jnp.asarray(batch["encoder_input_tokens"])
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError("batch['encoder_input_tokens'] must be an integer [batch, length] array, "
@@ -137,7 +138,7 @@ def _decode(model: nn.Module, params: PyTree, batch: Batch, rng: Array, temperat
   batch_size = encoded.shape[0]
   cache = init_cache(model, params, encoded, valid, length)
   # Rows of the decoding batch are example-major: row b * k + j is decode j of b.
-  k = 1 if method == "greedy" else num_decodes
+  k = num_decodes
   tokens_to_logits = make_tokens_to_logits(model, params, _expand(encoded, k), _expand(valid, k),
                                            length)
   inputs = jnp.zeros((batch_size, length), jnp.int32)
@@ -218,7 +219,9 @@ def predict_batch(
   """
   if method not in DECODE_METHODS:
     raise ValueError(f"method={method!r}; expected one of {DECODE_METHODS}.")
-  if num_decodes is None:
+  if method == "greedy":
+    num_decodes = 1
+  elif num_decodes is None:
     num_decodes = DEFAULT_BEAM_SIZE if method == "beam" else 1
   static = dict(method=method, length=_decode_length(batch, max_decode_length),
                 num_decodes=int(num_decodes), alpha=float(alpha), topk=int(topk),
