@@ -9,7 +9,7 @@ the prompt length, so the encoder sees `prompt_length + inputs` positions.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
@@ -43,22 +43,60 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
       examples into one row would give all but the first no prompt.
   """
 
-  def __init__(self, prompt_length: int = 0, pack: bool = False, **kwargs):
+  def __init__(self, prompt_length: int = 0, pack: bool = False,
+               prompt_features: Sequence[str] = (), **kwargs):
     if pack:
       raise ValueError("Packing is not supported with prompts: every example needs its own "
                        "prompt prefix. Use pack=False.")
+    unknown = set(prompt_features) - set(PROMPT_FEATURES)
+    if unknown:
+      raise ValueError(f"Unknown prompt features {sorted(unknown)}; known: {PROMPT_FEATURES}.")
     super().__init__(pack=False, **kwargs)
     self.prompt_length = prompt_length
+    self.prompt_features = tuple(prompt_features)
+    # The model features this instance emits: the enc-dec ones plus scalar ids.
+    self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES, **{
+        name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=0)
+        for name in self.prompt_features})
 
   def _convert_example(self, features):
     d = super()._convert_example(features)
-    for name in PROMPT_FEATURES:
-      if name in features:
-        d[name] = tf.cast(tf.reshape(features[name], []), tf.int32)
+    for name in self.prompt_features:
+      source = _source_feature(features, name)
+      if source is None:
+        raise ValueError(f"The model's prompt needs the integer example feature {name!r} "
+                         f"(or {_ALIASES.get(name)!r}); the task gives {sorted(features)}.")
+      d[name] = tf.cast(tf.reshape(features[source], []), tf.int32)
     return d
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> Mapping[str, int]:
+    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+    lengths.update({name: 1 for name in self.prompt_features})  # scalars: not length-checked
+    return lengths
 
   def encoder_length(self, task_feature_lengths: Mapping[str, int]) -> int:
     return self.prompt_length + int(task_feature_lengths["inputs"])
+
+
+# Integer example features that may carry a prompt id under a shorter name
+# (xGen tasks give `language` and `task` ids; GLUE's `task` is a string name).
+_ALIASES = {"language_id": "language", "task_id": "task"}
+
+
+def _source_feature(features, name: str) -> Optional[str]:
+  for key in (name, _ALIASES.get(name)):
+    if key and key in features and features[key].dtype.is_integer:
+      return key
+  return None
+
+
+def passthrough_features(names) -> list[str]:
+  """Example features a mixture must keep for the prompt (ids and their aliases)."""
+  out = []
+  for n in names:
+    out += [n] + ([_ALIASES[n]] if n in _ALIASES else [])
+  return out
 
 
 def get_task(name: str, module: Optional[str] = None,
@@ -86,7 +124,8 @@ def get_task(name: str, module: Optional[str] = None,
 
 def get_dataset(cfg: DatasetConfig, converter: seqio.FeatureConverter, *,
                 shard_index: int = 0, num_shards: int = 1, num_epochs: Optional[int] = None,
-                drop_remainder: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
+                drop_remainder: bool = True, skip_batches: int = 0,
+                prompt_features: tuple[str, ...] = ()) -> tf.data.Dataset:
   """A batched dataset of model features for this host's shard.
 
   The order is a function of `cfg.seed` only, so a resumed run that skips the
@@ -96,10 +135,13 @@ def get_dataset(cfg: DatasetConfig, converter: seqio.FeatureConverter, *,
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
                      "data shards (hosts); choose a multiple.")
   task = get_task(cfg.mixture_or_task_name, cfg.module, cfg.data_dir)
+  kwargs = {}
+  if isinstance(task, seqio.Mixture) and prompt_features:
+    kwargs["passthrough_features"] = passthrough_features(prompt_features)
   ds = task.get_dataset(sequence_length=dict(cfg.task_feature_lengths), split=cfg.split,
                         use_cached=cfg.use_cached, shuffle=cfg.shuffle, seed=cfg.seed,
                         shard_info=seqio.ShardInfo(shard_index, num_shards),
-                        num_epochs=num_epochs)
+                        num_epochs=num_epochs, **kwargs)
   ds = converter(ds, dict(cfg.task_feature_lengths))
   ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
   if skip_batches:

@@ -68,7 +68,8 @@ class Evaluator:
       raise ValueError(f"No task of {train_cfg.mixture_or_task_name!r} has metrics and a "
                        f"{eval_cfg.split!r} split; set EvalConfig.tasks or split.")
     lengths = eval_cfg.task_feature_lengths or train_cfg.task_feature_lengths
-    converter = data_lib.PromptFeatureConverter(model.prompt_length)
+    converter = data_lib.PromptFeatureConverter(model.prompt_length,
+                                               prompt_features=model.prompt_input_names)
     self.evaluators = {
         name: seqio.Evaluator(name, converter, eval_split=eval_cfg.split,
                               sequence_length=dict(lengths) if lengths else None,

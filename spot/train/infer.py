@@ -39,8 +39,10 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
   params = state_lib.params_for_inference(model, initial_checkpoint_path, restore_model_dir,
                                           use_best, seed)
   cfg = dataset_cfg
-  converter = data_lib.PromptFeatureConverter(model.prompt_length)
-  ds = data_lib.get_dataset(cfg, converter, num_epochs=1, drop_remainder=False)
+  converter = data_lib.PromptFeatureConverter(model.prompt_length,
+                                               prompt_features=model.prompt_input_names)
+  ds = data_lib.get_dataset(cfg, converter, num_epochs=1, drop_remainder=False,
+                            prompt_features=tuple(model.prompt_input_names))
   if num_examples:
     ds = ds.unbatch().take(num_examples).batch(cfg.batch_size)
   out_dir = epath.Path(output_dir) / "inference"

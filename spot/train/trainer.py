@@ -250,12 +250,14 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
 
   step_fn = make_train_step(model, tx, num_microbatches)
   rep = partitioner.replicated
-  converter = data_lib.PromptFeatureConverter(model.prompt_length)
+  converter = data_lib.PromptFeatureConverter(model.prompt_length,
+                                               prompt_features=model.prompt_input_names)
   # Hosts of one model-parallel group read the same shard (T5X's DataLayout).
   layout = partitioner.data_layout(train_dataset_cfg.batch_size)
   ds = data_lib.get_dataset(train_dataset_cfg, converter,
                             shard_index=layout.shard_id, num_shards=layout.num_shards,
-                            skip_batches=start_step)
+                            skip_batches=start_step,
+                            prompt_features=tuple(model.prompt_input_names))
   evaluator = None
   if eval_cfg is not None:
     from spot.train import evaluation
