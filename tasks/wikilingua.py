@@ -267,7 +267,26 @@ def register_all(data_dir: Optional[str] = None, vocabulary: Optional[seqio.Voca
   names = register_wikilingua(data_dir, vocabulary, languages, name_prefix, spm)
   names += register_unsupervised(languages, data_dir, vocabulary=vocabulary,
                                  name_prefix=name_prefix)
+  names += register_factorized(name_prefix)
   return names + register_mix_unsup(None, mix_rate, name_prefix)
+
+
+def register_factorized(name_prefix: str = "") -> list[str]:
+  """Registers `xgen_factorized`: what factorized prompts train on.
+
+  Every registered `xgen_<task>_<xx>` of the `xgen_unsup` mixture (each
+  language x unsupervised task) plus English summarization (`wikilingua_en`),
+  at equal rates. Each example carries its `language` and `task` ids, so one
+  run trains every language and task sub-prompt; at inference
+  `wikilingua0_<xx>` pairs language xx's sub-prompt with the summarization
+  sub-prompt, a combination never seen in training.
+  """
+  unsup = f"{name_prefix}xgen_unsup"
+  english = f"{name_prefix}wikilingua_en"
+  if unsup not in seqio.MixtureRegistry.names() or english not in seqio.TaskRegistry.names():
+    return []
+  members = [t.name for t in seqio.get_mixture_or_task(unsup).tasks] + [english]
+  return [_add_mixture(f"{name_prefix}xgen_factorized", [(m, 1.0) for m in members])]
 
 
 def register_local(data_dir: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
@@ -302,6 +321,7 @@ def register_local(data_dir: Union[str, os.PathLike, Sequence[Union[str, os.Path
                                      name_prefix=name_prefix)
       texts.update(codes)
   if names:
+    names += register_factorized(name_prefix)
     names += register_mix_unsup(None, DEFAULT_MIX_RATE, name_prefix)
   return list(dict.fromkeys(names))
 

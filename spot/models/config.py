@@ -160,3 +160,16 @@ def config_names() -> list[str]:
   names = [f"{fam}_{s}" for fam in ("t5_1_1", "mt5") for s in ("tiny", *_SIZES)]
   names += [f"t5_1_0_{s}" for s in ("tiny", *_T5_1_0_SIZES)]
   return names
+
+
+def size_name(config: T5Config) -> str:
+  """The published size whose shapes `config` has ("base", "xl", ...), else "custom"."""
+  for name in config_names():
+    family, _, size = name.rpartition("_")
+    ref = get_config(name)
+    if (ref.emb_dim, ref.num_heads, ref.head_dim, ref.mlp_dim, ref.num_encoder_layers,
+        ref.mlp_activations) == (config.emb_dim, config.num_heads, config.head_dim,
+                                 config.mlp_dim, config.num_encoder_layers,
+                                 config.mlp_activations):
+      return size
+  return "custom"

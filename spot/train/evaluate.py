@@ -19,7 +19,8 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
              restore_model_dir: Optional[str] = None, use_best: bool = False,
              num_examples: Optional[int] = None, decode: Optional[Mapping[str, Any]] = None,
              seed: int = 0, partitioner: Optional[partitioning_lib.Partitioner] = None,
-             gin_config: Optional[str] = None) -> dict[str, float]:
+             gin_config: Optional[str] = None, method: Optional[str] = None
+             ) -> dict[str, float]:
   """Evaluates and writes `output_dir/eval_results.json` and TensorBoard scalars.
 
   Args:
@@ -29,6 +30,8 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
     output_dir: where results go.
     initial_checkpoint_path: the frozen base checkpoint (default: the run's).
     use_best: restore the run's best checkpoint rather than its latest.
+    method: label for `spot xgen report` when the tasks report xGen metrics
+      (scores then also go to `output_dir/xgen_scores.json`).
   """
   partitioner = partitioner or partitioning_lib.Partitioner.create()
   data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir)
@@ -51,4 +54,7 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
     summaries.close()
     for k, v in sorted(results.items()):
       print(f"{k}: {v:.4f}", flush=True)
+    from spot.train.trainer import write_xgen_scores
+    write_xgen_scores(model, output_dir, results,
+                      method or ("pt" if model.prompt is not None else "mt"), seed=seed)
   return results

@@ -126,13 +126,30 @@ def make_train_step(model: EncoderDecoderModel, tx: optax.GradientTransformation
   return step_fn
 
 
-def _write_final_metrics(model_dir: str, task: str, eval_history: list[tuple[int, dict]],
+def write_xgen_scores(model: EncoderDecoderModel, model_dir: str, results: Mapping[str, float],
+                      method: str, **meta: Any) -> None:
+  """`xgen_scores.json` for `spot xgen report` when the results hold xGen metrics."""
+  from spot.models import size_name
+  from spot.xgen import report as xgen_report
+  by_task: dict[str, dict] = {}
+  for key, value in results.items():
+    task, _, metric = key.partition("/")
+    by_task.setdefault(task, {})[metric] = value
+  scores = xgen_report.scores_by_language(by_task)
+  if scores:
+    xgen_report.write_run_scores(model_dir, scores, size=size_name(model.config), method=method,
+                                 prompt_length=model.prompt_length or None, **meta)
+
+
+def _write_final_metrics(model: EncoderDecoderModel, model_dir: str, task: str,
+                         eval_history: list[tuple[int, dict]],
                          best: Optional[tuple[int, float]], method: str, seed: int) -> None:
-  """`metrics.json` for `spot report`: the best evaluation (else the last one)."""
+  """`metrics.json` for `spot report` (and xGen scores): the best evaluation, else the last."""
   from spot import report
   step, results = eval_history[-1]
   if best is not None:
     step, results = next((s, r) for s, r in eval_history if s == best[0])
+  write_xgen_scores(model, model_dir, results, method, seed=seed, step=step)
   tasks = {k.split("/", 1)[0] for k in results}
   if len(tasks) == 1:
     task = tasks.pop()
@@ -357,7 +374,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   summaries.close()
   ckpt.close()
   if eval_history and jax.process_index() == 0:
-    _write_final_metrics(model_dir, train_dataset_cfg.mixture_or_task_name, eval_history, best,
+    _write_final_metrics(model, model_dir, train_dataset_cfg.mixture_or_task_name,
+                         eval_history, best,
                          method or ("prompt_tuning" if trainable == "prompt" else "model_tuning"),
                          seed)
   final_loss = losses[-1][1] if losses else float("nan")
