@@ -83,6 +83,8 @@ class Domain:
     words_length: (min, max) words of a "words" input.
     premise_length: (min, max) topic words before the separator of a pair.
     numbers: how many operands a "numbers" input has, (min, max).
+    chatty_numbers: probability that a "numbers" input is wrapped in words
+      ("just 3 and 7") instead of bare ("3 7").
   """
 
   name: str
@@ -93,6 +95,7 @@ class Domain:
   words_length: tuple[int, int]
   premise_length: tuple[int, int]
   numbers: tuple[int, int]
+  chatty_numbers: float
 
 
 def _slice_topics(lo: int, hi: int) -> dict[str, tuple[str, ...]]:
@@ -101,11 +104,11 @@ def _slice_topics(lo: int, hi: int) -> dict[str, tuple[str, ...]]:
 
 DOMAINS: Mapping[str, Domain] = {
     "a": Domain("a", FORMAL, POSITIVE[:7], NEGATIVE[:7], _slice_topics(0, 6), (4, 6), (3, 4),
-                (2, 2)),
+                (2, 2), 0.0),
     "b": Domain("b", CHATTY, POSITIVE[5:], NEGATIVE[5:], _slice_topics(4, 10), (5, 7), (3, 5),
-                (2, 2)),
+                (2, 2), 1.0),
     "any": Domain("any", FORMAL + CHATTY, POSITIVE, NEGATIVE, dict(TOPICS), (4, 7), (3, 5),
-                  (2, 2)),
+                  (2, 2), 0.5),
 }
 
 # ------------------------------------------------------------------ skills
@@ -119,7 +122,7 @@ def _pick(rng: random.Random, items: Sequence[str], n: int = 1,
   return rng.choices(items, k=n) if replace else rng.sample(items, n)
 
 
-def _words_input(rng: np.random.Generator, d: Domain) -> tuple[list[str], str, str]:
+def _words_input(rng: random.Random, d: Domain) -> tuple[list[str], str, str]:
   """A shuffled sentence with an odd number of polar words (so sentiment has a
   majority) and topic words with a strict majority category.
 
@@ -141,22 +144,22 @@ def _words_input(rng: np.random.Generator, d: Domain) -> tuple[list[str], str, s
   return words, SENTIMENT_LABELS[int(2 * n_pos > n_polar)], major
 
 
-def sentiment(rng: np.random.Generator, d: Domain) -> Example:
+def sentiment(rng: random.Random, d: Domain) -> Example:
   words, label, _ = _words_input(rng, d)
   return " ".join(words), label
 
 
-def topic(rng: np.random.Generator, d: Domain) -> Example:
+def topic(rng: random.Random, d: Domain) -> Example:
   words, _, label = _words_input(rng, d)
   return " ".join(words), label
 
 
-def reverse(rng: np.random.Generator, d: Domain) -> Example:
+def reverse(rng: random.Random, d: Domain) -> Example:
   words, _, _ = _words_input(rng, d)
   return " ".join(words), " ".join(reversed(words))
 
 
-def _pair(rng: np.random.Generator, d: Domain, case: str) -> str:
+def _pair(rng: random.Random, d: Domain, case: str) -> str:
   """"premise ; hypothesis" over topic words. `case`: the hypothesis's words
   are all in the premise ("subset"), some ("mixed") or none ("disjoint")."""
   pool = [w for ws in d.topics.values() for w in ws]
@@ -174,30 +177,30 @@ def _pair(rng: np.random.Generator, d: Domain, case: str) -> str:
   return " ".join(premise + [SEPARATOR] + hyp)
 
 
-def entail(rng: np.random.Generator, d: Domain) -> Example:
+def entail(rng: random.Random, d: Domain) -> Example:
   case = rng.choice(("subset", "subset", "mixed", "disjoint"))
   return _pair(rng, d, case), YES_NO[case == "subset"]
 
 
-def overlap(rng: np.random.Generator, d: Domain) -> Example:
+def overlap(rng: random.Random, d: Domain) -> Example:
   case = rng.choice(("subset", "mixed", "disjoint", "disjoint"))
   return _pair(rng, d, case), YES_NO[case != "disjoint"]
 
 
-def _operands(rng: np.random.Generator, d: Domain) -> tuple[list[int], str]:
+def _operands(rng: random.Random, d: Domain) -> tuple[list[int], str]:
   values = [rng.randrange(10) for _ in range(rng.randint(*d.numbers))]
   words = [str(v) for v in values]
-  if d.name == "b":  # chatty numbers: "just 3 and 7"
-    words = [_pick(rng, d.fillers)[0], words[0], "and", *words[1:]]
+  if d.chatty_numbers and rng.random() < d.chatty_numbers:  # "just 3 and 7"
+    words = [rng.choice(CHATTY), words[0], "and", *words[1:]]
   return values, " ".join(words)
 
 
-def add(rng: np.random.Generator, d: Domain) -> Example:
+def add(rng: random.Random, d: Domain) -> Example:
   values, text = _operands(rng, d)
   return text, str(sum(values))
 
 
-def maximum(rng: np.random.Generator, d: Domain) -> Example:
+def maximum(rng: random.Random, d: Domain) -> Example:
   values, text = _operands(rng, d)
   return text, str(max(values))
 
@@ -349,20 +352,32 @@ def related_source(target: str) -> str:
   return task_name(skill_of(target).name, SOURCE_DOMAIN)
 
 
-def register_synthetic(seed: int = DEFAULT_SEED) -> list[str]:
-  """Registers (or re-registers with another seed) every synthetic task and mixture.
+def register_synthetic(seed: int = DEFAULT_SEED,
+                       skills: Optional[Sequence[str]] = None) -> list[str]:
+  """Registers (or re-registers) every synthetic task, and the two mixtures.
 
-  Returns the registered task and mixture names.
+  Args:
+    seed: the data seed; every example is a function of it.
+    skills: the skills the mixtures `synthetic_pretrain` and
+      `synthetic_sources` cover (default: all); the tasks of every skill are
+      registered either way.
+
+  Returns:
+    The registered task and mixture names.
   """
+  skills = list(SKILLS) if skills is None else list(skills)
+  unknown = [s for s in skills if s not in SKILLS]
+  if unknown or not skills:
+    raise ValueError(f"Unknown synthetic skills {unknown or skills}; choose from {list(SKILLS)}.")
   names = []
   for skill in SKILLS.values():
     for domain in DOMAINS:
       names.append(common.register_task(
           task_name(skill.name, domain), _source(skill.name, domain, seed), _identity,
           VOCABULARY, _text, [metrics.accuracy if skill.labels else exact_match]))
-  for mixture, members in ((PRETRAIN_MIXTURE, PRETRAIN_TASKS), (SOURCES_MIXTURE, SOURCE_TASKS)):
+  for mixture, domain in ((PRETRAIN_MIXTURE, "any"), (SOURCES_MIXTURE, SOURCE_DOMAIN)):
     seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(t, 1.0) for t in members])
+    seqio.MixtureRegistry.add(mixture, [(task_name(s, domain), 1.0) for s in skills])
     names.append(mixture)
   return names
 
