@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
                  help="only these entries (default: all of the model)")
 
   command("check", "verify every entry's files and checksums; exit 1 on problems")
+
+  p = command("embed", "compute a task embedding: train a prompt briefly from a fixed init, "
+              "then optionally rank the library against it")
+  p.add_argument("--steps", type=_positive, default=1000,
+                 help="training steps of the early checkpoint (default %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="the fixed seed shared by all embeddings")
+  p.add_argument("--out", metavar="FILE.npy", help="write the embedding here")
+  p.add_argument("--model-dir", metavar="DIR", help="keep the short run here")
+  p.add_argument("--query", action="store_true", help="also rank the library entries")
+  p.add_argument("--model", help="with --query: base model of the entries")
+  p.add_argument("--top-k", type=_positive, default=5, metavar="K")
+  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("train_flags", nargs=argparse.REMAINDER, metavar="-- TRAIN_FLAGS",
+                 help="after --: spot train flags (--gin_file=..., --gin.KEY=VALUE)")
   return parser
 
 
@@ -273,9 +287,35 @@ def _check(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   return payload, text or f"all {len(lib.names())} entries are valid", 1 if problems else 0
 
 
+def _embed(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  from spot.library import embedding  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
+  flags = [f for f in args.train_flags if f != "--"]
+  if not flags:
+    raise LibraryError("embed needs spot train flags after --, e.g. -- "
+                       "--gin_file=spot/gin/models/t5_1_1_base_prompt.gin "
+                       "--gin_file=spot/gin/runs/prompt_finetune.gin "
+                       "--gin.MIXTURE_OR_TASK_NAME=... --gin.INITIAL_CHECKPOINT_PATH=...")
+  if not (args.out or args.query):
+    raise LibraryError("embed writes nothing without --out FILE.npy or --query.")
+  emb = embedding.compute_task_embedding(flags, args.steps, args.model_dir, args.seed)
+  payload: dict[str, Any] = {"shape": list(emb.shape), "steps": args.steps}
+  lines = [f"task embedding {_shape(emb.shape)} after {args.steps} steps"]
+  if args.out:
+    fs.write_bytes(fs.path(args.out), encode_array(emb), local=fs.is_local(args.out))
+    payload["out"] = args.out
+    lines.append(f"wrote {args.out}")
+  if args.query:
+    ranked = retrieval.rank(lib, emb, model=args.model, metric=args.metric, top_k=args.top_k)
+    payload["ranking"] = [{"name": n, "score": s} for n, s in ranked]
+    lines.append(_table(("RANK", "SCORE", "NAME"),
+                        [(i + 1, f"{s:.4f}", n) for i, (n, s) in enumerate(ranked)]))
+  return payload, "\n".join(lines)
+
+
 COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {
     "add": _add, "list": _list, "show": _show, "query": _query, "remove": _remove,
     "export": _export, "import": _import, "heatmap": _heatmap, "check": _check,
+    "embed": _embed,
 }
 
 
