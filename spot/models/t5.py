@@ -172,8 +172,9 @@ class Decoder(nn.Module):
         dec_valid = jnp.ones(decoder_input_tokens.shape, bool)
         self_mask = L.make_causal_mask(length)
       else:
-        targets = decoder_input_tokens if decoder_target_tokens is None else decoder_target_tokens
-        dec_valid = targets > 0
+        # Without targets every decoder position counts (the start token is 0).
+        dec_valid = (jnp.ones(decoder_input_tokens.shape, bool) if decoder_target_tokens is None
+                     else decoder_target_tokens > 0)
         self_mask = jnp.logical_and(L.make_causal_mask(length),
                                     L.make_attention_mask(dec_valid, dec_valid))
     cross_mask = L.make_attention_mask(dec_valid, encoder_valid)

@@ -96,10 +96,11 @@ class Evaluator:
     decode = dict(self.cfg.decode or {})
     length = (model_feature_shapes or {}).get("decoder_target_tokens")
     out = []
-    for idx, padded, n in self._batches(dataset):
+    for i, (idx, padded, n) in enumerate(self._batches(dataset)):
       tokens, _ = inference.predict_batch(
           self.model.module, params, self._model_batch(padded),
-          max_decode_length=length or padded["decoder_target_tokens"].shape[1], **decode)
+          max_decode_length=length or padded["decoder_target_tokens"].shape[1],
+          rng=jax.random.fold_in(jax.random.PRNGKey(0), i), **decode)
       tokens = np.asarray(jax.device_get(tokens))[:n]
       out.extend((int(i), t.tolist()) for i, t in zip(idx, tokens))
     return out

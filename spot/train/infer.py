@@ -63,8 +63,9 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
       pin = model.prompt_inputs(padded)
       if pin:
         batch["prompt_inputs"] = pin
-      tokens, _ = inference.predict_batch(model.module, params, batch,
-                                          max_decode_length=length, **dict(decode or {}))
+      tokens, _ = inference.predict_batch(
+          model.module, params, batch, max_decode_length=length,
+          rng=jax.random.fold_in(jax.random.PRNGKey(seed), n_done), **dict(decode or {}))
       tokens = np.asarray(jax.device_get(tokens))[:n]
       for i in range(n):
         rec = {"index": n_done + i,
