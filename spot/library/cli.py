@@ -10,6 +10,7 @@ skipped corrupt entries are reported as warnings on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -136,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
   p.add_argument("train_flags", nargs=argparse.REMAINDER, metavar="-- TRAIN_FLAGS",
                  help="after --: spot train flags (--gin_file=..., --gin.KEY=VALUE)")
+
+  p = command("transfer", "train target prompt(s) from retrieved source prompts (SPoT "
+              "targeted): top1, weighted_average, best_of_top_k or mixture")
+  p.add_argument("--embedding", required=True, metavar="FILE.npy",
+                 help="the target task's embedding (spot library embed --out)")
+  p.add_argument("--mode", choices=("top1", "weighted_average", "best_of_top_k", "mixture"),
+                 default="top1")
+  p.add_argument("--out-dir", required=True, metavar="DIR", help="model_dirs go under DIR")
+  p.add_argument("--model", help="base model of the entries (default: the only one)")
+  p.add_argument("--top-k", type=_positive, default=3, metavar="K")
+  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("--best-metric", help="validation metric that picks checkpoints and, for "
+                 "best_of_top_k, the run (e.g. accuracy)")
+  p.add_argument("--target-task", help="the target's SeqIO task (mixture mode)")
+  p.add_argument("train_flags", nargs=argparse.REMAINDER, metavar="-- TRAIN_FLAGS",
+                 help="after --: spot train flags of the target run")
   return parser
 
 
@@ -312,10 +329,32 @@ def _embed(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   return payload, "\n".join(lines)
 
 
+def _transfer(lib: PromptLibrary, args: argparse.Namespace) -> Any:
+  from spot.library import targeted  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
+  flags = [f for f in args.train_flags if f != "--"]
+  if not flags:
+    raise LibraryError("transfer needs the target's spot train flags after --.")
+  query = sources.read_npy(args.embedding, "--embedding")
+  try:
+    runs, chosen = targeted.run_transfer(
+        lib, flags, query, mode=args.mode, out_dir=args.out_dir, model=args.model,
+        top_k=args.top_k, metric=args.metric, best_metric=args.best_metric,
+        target_task=args.target_task)
+  except ValueError as e:
+    raise LibraryError(str(e)) from e
+  fmt = lambda v: "-" if v is None else f"{v:.4f}"
+  rows = [(r.source, fmt(r.similarity), r.best_step if r.best_step is not None else "-",
+           fmt(r.best_value), r.model_dir) for r in runs]
+  text = _table(("SOURCE", "SIMILARITY", "BEST_STEP", "BEST", "MODEL_DIR"), rows)
+  payload = {"mode": args.mode, "runs": [dataclasses.asdict(r) for r in runs],
+             "chosen": dataclasses.asdict(chosen)}
+  return payload, f"{text}\nchosen: {chosen.source} ({chosen.model_dir})"
+
+
 COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {
     "add": _add, "list": _list, "show": _show, "query": _query, "remove": _remove,
     "export": _export, "import": _import, "heatmap": _heatmap, "check": _check,
-    "embed": _embed,
+    "embed": _embed, "transfer": _transfer,
 }
 
 

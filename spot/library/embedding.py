@@ -31,12 +31,10 @@ def compute_task_embedding(train_flags: Sequence[str], steps: int = DEFAULT_STEP
     seed: the fixed seed shared by every task's embedding (prompt init, data,
       dropout).
   """
-  import gin
-  from spot.train import checkpointing, cli, trainer
+  from spot.train import checkpointing, cli
 
   if steps < 1:
     raise ValueError(f"steps must be at least 1, got {steps}.")
-  args = cli.build_parser("spot library embed").parse_args(cli.rewrite_gin_args(train_flags))
   tmp = None
   if model_dir is None:
     tmp = tempfile.TemporaryDirectory(prefix="spot_embed_")
@@ -45,11 +43,8 @@ def compute_task_embedding(train_flags: Sequence[str], steps: int = DEFAULT_STEP
                f"CHECKPOINT_PERIOD = {steps}", "EVAL_PERIOD = 0", f"SEED = {seed}",
                "TRAINABLE = 'prompt'"]
   try:
-    cli.parse_gin(args.gin_file, list(args.gin_bindings) + overrides,
-                  cli._search_paths(args.gin_search_paths))  # pylint: disable=protected-access
-    gin.get_configurable(trainer.train)(gin_config=gin.config_str(), eval_cfg=None)
+    cli.run_with_flags(train_flags, extra_bindings=overrides, eval_cfg=None)
     return checkpointing.latest_numpy_prompt(model_dir)
   finally:
-    gin.clear_config()
     if tmp is not None:
       tmp.cleanup()

@@ -162,7 +162,7 @@ def from_library(library_path: str, name: str) -> Initializer:
 
   def read():
     from spot.library import PromptLibrary
-    return PromptLibrary(library_path).get(name).prompt
+    return PromptLibrary(library_path).prompt(name)
 
   return _lazy(read, f"library entry {name!r} in {library_path}")
 

@@ -88,6 +88,28 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     raise ConfigError(f"Bad gin configuration: {e}") from e
 
 
+def run_with_flags(flags: Sequence[str], extra_files: Sequence[str] = (),
+                   extra_bindings: Sequence[str] = (), mode: str = "train", **kwargs):
+  """Runs train/eval/infer in this process from CLI-style flags plus overrides.
+
+  Used by commands that launch runs themselves (`spot library embed`,
+  `spot library transfer`): `extra_files` and `extra_bindings` come after the
+  user's, so they win. Returns what the configured function returns.
+  """
+  import gin
+  import importlib
+  args = build_parser(f"spot {mode}").parse_args(rewrite_gin_args(flags))
+  module_name, fn_name = MODES[mode]
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  try:
+    parse_gin(list(args.gin_file) + list(extra_files),
+              list(args.gin_bindings) + list(extra_bindings),
+              _search_paths(args.gin_search_paths))
+    return gin.get_configurable(fn)(gin_config=gin.config_str(), **kwargs)
+  finally:
+    gin.clear_config()
+
+
 def _init_distributed(args: argparse.Namespace) -> None:
   from spot import distributed
   distributed.initialize(coordinator_address=args.coordinator_address,

@@ -50,3 +50,44 @@ def test_embed_writes_embedding_and_ranks_library(shared_data, tmp_path, capsys)
   assert set(names) == {"rte_source", "other"}
   scores = [r["score"] for r in payload["ranking"]]
   assert scores == sorted(scores, reverse=True)
+
+
+def test_transfer_best_of_top_k_and_mixture(shared_data, tmp_path, capsys):
+  """Targeted SPoT: k target runs from the top-k sources, the best kept; and a mixture."""
+  lib_path = tmp_path / "lib"
+  lib = PromptLibrary(str(lib_path))
+  rng = np.random.RandomState(1)
+  emb = rng.rand(4, 4).astype(np.float32)
+  for i, task in enumerate(["cli_glue_rte", "cli_glue_sst2", "cli_glue_rte"]):
+    lib.add(f"src{i}", rng.rand(4, 4).astype(np.float32), model="t5_1_1_tiny",
+            embeddings={"e": emb + 0.1 * i}, task=task)
+  np.save(tmp_path / "target.npy", emb)
+  flags = _flags(shared_data, "cli_glue_sst2") + [
+      "--gin.TRAIN_STEPS=2", "--gin.EVAL_PERIOD=2", "--gin.EVAL_NUM_EXAMPLES=4",
+      "--gin.EVAL_BATCH_SIZE=4"]
+  rc = library_main(["--library", str(lib_path), "--json", "transfer", "--embedding",
+                     str(tmp_path / "target.npy"), "--mode", "best_of_top_k", "--top-k", "2",
+                     "--best-metric", "accuracy", "--out-dir", str(tmp_path / "runs"), "--"]
+                    + flags)
+  assert rc == 0
+  text = capsys.readouterr().out
+  payload = json.loads(text[text.rindex("\n{") + 1:])
+  assert [r["source"] for r in payload["runs"]] == ["src0", "src1"]  # most similar first
+  assert payload["chosen"]["best_value"] == max(r["best_value"] for r in payload["runs"])
+  # each run started from its source prompt
+  import orbax.checkpoint  # noqa: F401
+  from spot.train import checkpointing
+  for r in payload["runs"]:
+    assert (tmp_path / "runs" / r["source"] / "metrics.json").exists()
+    assert checkpointing.latest_numpy_prompt(r["model_dir"]).shape == (4, 4)
+
+  rc = library_main(["--library", str(lib_path), "--json", "transfer", "--embedding",
+                     str(tmp_path / "target.npy"), "--mode", "mixture", "--top-k", "2",
+                     "--target-task", "cli_glue_sst2", "--out-dir", str(tmp_path / "mix"), "--"]
+                    + flags)
+  assert rc == 0
+  text = capsys.readouterr().out
+  payload = json.loads(text[text.rindex("\n{") + 1:])
+  assert set(payload["chosen"]["source"].split("+")) == {"cli_glue_rte", "cli_glue_sst2"}
+  metrics = json.loads((tmp_path / "mix" / "mixture" / "metrics.json").read_text())
+  assert metrics["task"] == "cli_glue_sst2"
