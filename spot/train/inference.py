@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spot import partitioning
 from spot.train import decoding
 
 Array = jax.Array
@@ -96,7 +97,8 @@ def init_cache(model: nn.Module, params: PyTree, encoded: Array, encoder_valid: 
   _, variables = model.apply({"params": params}, encoded, encoder_valid, dummy, dummy,
                              enable_dropout=False, decode=True, mutable=["cache"],
                              method=model.decode)
-  return variables["cache"]
+  # Under a partitioner: batch on 'data', heads on 'model' (no-op without a mesh).
+  return partitioning.constrain_cache(variables["cache"])
 
 
 def make_tokens_to_logits(model: nn.Module, params: PyTree, encoded: Array,
