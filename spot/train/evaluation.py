@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import seqio
 
+from spot import partitioning
 from spot.train import data as data_lib
 from spot.train import inference
 from spot.train.models import EncoderDecoderModel
@@ -101,7 +102,7 @@ class Evaluator:
           self.model.module, params, self._model_batch(padded),
           max_decode_length=length or padded["decoder_target_tokens"].shape[1],
           rng=jax.random.fold_in(jax.random.PRNGKey(0), i), **decode)
-      tokens = np.asarray(jax.device_get(tokens))[:n]
+      tokens = partitioning.host_array(tokens)[:n]  # gathers multi-host shards
       out.extend((int(i), t.tolist()) for i, t in zip(idx, tokens))
     return out
 
@@ -110,7 +111,7 @@ class Evaluator:
     out = []
     for idx, padded, n in self._batches(dataset):
       scores = inference.score_batch(self.model.module, params, self._model_batch(padded))
-      scores = np.asarray(jax.device_get(scores))[:n]
+      scores = partitioning.host_array(scores)[:n]  # gathers multi-host shards
       out.extend((int(i), float(s)) for i, s in zip(idx, scores))
     return out
 
