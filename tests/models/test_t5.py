@@ -86,45 +86,48 @@ def test_rmsnorm_matches_numpy():
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5)
 
 
+def _fwd(config):
+  return jax.jit(lambda p, x, d, y: T5(config).apply({"params": p}, x, d, y,
+                                                     enable_dropout=False))
+
+
 def test_forward_contract_and_padding_invariance():
   params = init_params(SMALL)
   model = T5(SMALL)
   x, d, y = _batch()
-  logits = model.apply({"params": params}, x, d, y, enable_dropout=False)
+  logits = model.apply({"params": params}, x, d, y, enable_dropout=False)  # the contract
+  fwd = _fwd(SMALL)
   assert logits.shape == (2, 5, 96) and logits.dtype == jnp.float32
   # Extra encoder padding does not change the logits.
   padded = jnp.pad(x, ((0, 0), (0, 4)))
-  logits2 = model.apply({"params": params}, padded, d, y, enable_dropout=False)
+  logits2 = fwd(params, padded, d, y)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(logits2), atol=1e-5)
   # Causality: changing a later decoder input leaves earlier positions alone.
   d2 = d.at[:, 3].set(7)
-  logits3 = model.apply({"params": params}, x, d2, y, enable_dropout=False)
+  logits3 = fwd(params, x, d2, y)
   np.testing.assert_allclose(np.asarray(logits[:, :3]), np.asarray(logits3[:, :3]), atol=1e-5)
 
 
 def test_remat_and_bfloat16_and_dropout():
   params = init_params(SMALL)
   x, d, y = _batch(1)
-  ref = T5(SMALL).apply({"params": params}, x, d, y, enable_dropout=False)
+  ref = _fwd(SMALL)(params, x, d, y)
+  grad = lambda c: jax.jit(jax.grad(lambda p: _fwd(c)(p, x, d, y).sum()))(params)
+  g_ref = grad(SMALL)
   for policy in ("full", "minimal"):
     c = SMALL.replace(remat_policy=policy)
-    out = T5(c).apply({"params": params}, x, d, y, enable_dropout=False)
+    out = _fwd(c)(params, x, d, y)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
-    g = jax.grad(lambda p: T5(c).apply({"params": p}, x, d, y, enable_dropout=False).sum())(
-        params)
-    g_ref = jax.grad(lambda p: T5(SMALL).apply({"params": p}, x, d, y,
-                                               enable_dropout=False).sum())(params)
+    g = grad(c)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-  bf = T5(SMALL.replace(dtype="bfloat16")).apply({"params": params}, x, d, y,
-                                                 enable_dropout=False)
+  bf = _fwd(SMALL.replace(dtype="bfloat16"))(params, x, d, y)
   assert bf.dtype == jnp.float32  # logits stay float32
   assert float(jnp.abs(bf - ref).max()) < 0.5
   drop = SMALL.replace(dropout_rate=0.5)
-  a = T5(drop).apply({"params": params}, x, d, y, enable_dropout=True,
-                     rngs={"dropout": jax.random.PRNGKey(0)})
-  b = T5(drop).apply({"params": params}, x, d, y, enable_dropout=True,
-                     rngs={"dropout": jax.random.PRNGKey(1)})
+  dropped = jax.jit(lambda p, r: T5(drop).apply({"params": p}, x, d, y, enable_dropout=True,
+                                                rngs={"dropout": r}))
+  a, b = dropped(params, jax.random.PRNGKey(0)), dropped(params, jax.random.PRNGKey(1))
   assert float(jnp.abs(a - b).max()) > 1e-3
 
 

@@ -41,11 +41,11 @@ def test_prompt_changes_output_and_prompt_positions_are_attended():
   params = model.init_params(jax.random.PRNGKey(0))
   x, d = _tokens(1), _tokens(2, t=4)
   batch = {"encoder_input_tokens": x, "decoder_input_tokens": d, "decoder_target_tokens": d}
-  a = model.logits(params, batch)
+  a = jax.jit(model.logits)(params, batch)
   params2 = jax.tree_util.tree_map(lambda v: v, params)
   params2["encoder"]["prompt"]["prompt"]["prompt"] = params["encoder"]["prompt"]["prompt"][
       "prompt"] + 1.0
-  b = model.logits(params2, batch)
+  b = jax.jit(model.logits)(params2, batch)
   assert float(jnp.abs(a - b).max()) > 1e-3
 
 
@@ -79,9 +79,9 @@ def test_mixed_task_inference_equals_per_task_inference():
     np.testing.assert_array_equal(np.asarray(mixed_tokens)[rows], np.asarray(tokens))
     # and the logits agree to float precision
     d = jnp.ones((len(rows), 4), jnp.int32)
-    la = multi.logits(params, {"encoder_input_tokens": x[rows], "decoder_input_tokens": d,
+    la = jax.jit(multi.logits)(params, {"encoder_input_tokens": x[rows], "decoder_input_tokens": d,
                                "decoder_target_tokens": d, "prompt_id": ids[rows]})
-    lb = model.logits(p, {"encoder_input_tokens": x[rows], "decoder_input_tokens": d,
+    lb = jax.jit(model.logits)(p, {"encoder_input_tokens": x[rows], "decoder_input_tokens": d,
                           "decoder_target_tokens": d})
     np.testing.assert_allclose(np.asarray(la), np.asarray(lb), atol=1e-5)
 
@@ -107,15 +107,15 @@ def test_factorized_prompts_recombine_unseen_pairs():
     concat = jnp.concatenate([table["language_prompts"][lang[i]], table["task_prompts"][task[i]]])
     prefix = functools.partial(prompts.PrefixPrompt, length=5)
     p = dict(params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": concat}}))
-    ref, _ = T5(CFG, prefix).apply({"params": p}, x[i:i + 1], enable_dropout=False,
-                                   method=T5.encode)
+    ref, _ = jax.jit(lambda p, x: T5(CFG, prefix).apply(
+        {"params": p}, x, enable_dropout=False, method=T5.encode))(p, x[i:i + 1])
     np.testing.assert_allclose(np.asarray(out[i:i + 1]), np.asarray(ref), atol=1e-5)
 
   # Gradients reach only the selected rows.
   d = jnp.ones((3, 2), jnp.int32)
   batch = {"encoder_input_tokens": x, "decoder_input_tokens": d, "decoder_target_tokens": d,
            "language_id": jnp.array([0, 0, 1]), "task_id": jnp.array([1, 1, 1])}
-  grads = jax.grad(lambda p: model.loss(p, batch)[0])(params)["encoder"]["prompt"]
+  grads = jax.jit(jax.grad(lambda p: model.loss(p, batch)[0]))(params)["encoder"]["prompt"]
   assert float(jnp.abs(grads["language_prompts"][2]).sum()) == 0.0
   assert float(jnp.abs(grads["task_prompts"][0]).sum()) == 0.0
   assert float(jnp.abs(grads["language_prompts"][0]).sum()) > 0.0
