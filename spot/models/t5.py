@@ -43,6 +43,31 @@ def _remat(cls, config: T5Config, static_argnums: tuple[int, ...]):
   return nn.remat(cls, policy=policy, static_argnums=static_argnums, prevent_cse=True)
 
 
+def _residual(c: T5Config, x: Array, y: Array, deterministic: bool) -> Array:
+  return nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic) + x
+
+
+def _attention_block(c: T5Config, x: Array, kv: Optional[Array], mask: Optional[Array],
+                     bias: Optional[Array], norm: str, attention: str, deterministic: bool,
+                     decode: bool = False) -> Array:
+  """Pre-norm attention with a residual: x + drop(attn(LN(x), kv or LN(x)))."""
+  dt = _dtype(c)
+  y = L.RMSNorm(c.layer_norm_epsilon, dt, name=norm)(x)
+  y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
+                           c.float32_attention_logits, name=attention)(
+                               y, y if kv is None else kv, mask, bias, decode=decode,
+                               deterministic=deterministic)
+  return _residual(c, x, y, deterministic)
+
+
+def _mlp_block(c: T5Config, x: Array, deterministic: bool) -> Array:
+  """Pre-norm feed-forward with a residual."""
+  dt = _dtype(c)
+  y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
+  y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
+  return L.constrain(_residual(c, x, y, deterministic), ("batch", "length", "embed"))
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
@@ -50,17 +75,10 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True,
                decode: bool = False) -> Array:
     del decode
-    c, dt = self.config, _dtype(self.config)
-    drop = lambda y: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
-    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_attention_layer_norm")(x)
-    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
-                             c.float32_attention_logits, name="attention")(
-                                 y, y, mask, bias, deterministic=deterministic)
-    x = drop(y) + x
-    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
-    y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
-    x = drop(y) + x
-    return L.constrain(x, ("batch", "length", "embed"))
+    c = self.config
+    x = _attention_block(c, x, None, mask, bias, "pre_attention_layer_norm", "attention",
+                         deterministic)
+    return _mlp_block(c, x, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -70,22 +88,12 @@ class DecoderLayer(nn.Module):
   def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
                cross_mask: Array, bias: Array, deterministic: bool = True,
                decode: bool = False) -> Array:
-    c, dt = self.config, _dtype(self.config)
-    drop = lambda y: nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
-    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_self_attention_layer_norm")(x)
-    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
-                             c.float32_attention_logits, name="self_attention")(
-                                 y, y, self_mask, bias, decode=decode, deterministic=deterministic)
-    x = drop(y) + x
-    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_cross_attention_layer_norm")(x)
-    y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
-                             c.float32_attention_logits, name="encoder_decoder_attention")(
-                                 y, encoded, cross_mask, None, deterministic=deterministic)
-    x = drop(y) + x
-    y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
-    y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
-    x = drop(y) + x
-    return L.constrain(x, ("batch", "length", "embed"))
+    c = self.config
+    x = _attention_block(c, x, None, self_mask, bias, "pre_self_attention_layer_norm",
+                         "self_attention", deterministic, decode)
+    x = _attention_block(c, x, encoded, cross_mask, None, "pre_cross_attention_layer_norm",
+                         "encoder_decoder_attention", deterministic)
+    return _mlp_block(c, x, deterministic)
 
 
 class Encoder(nn.Module):
