@@ -230,7 +230,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   fr_sh = partitioner.logical_to_mesh(frozen_axes, frozen)
   # Host values go straight to their shards: an XXL base never sits whole on one device.
   tr = jax.device_put(tr, tr_sh)
-  frozen = jax.device_put(frozen, fr_sh)
+  frozen = partitioner.put(frozen, fr_sh, in_place=True)
 
   opt_shapes = jax.eval_shape(tx.init, tr)
   opt_sh = partitioner.optimizer_state_shardings(opt_shapes, tr_sh, tr)
