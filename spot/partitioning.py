@@ -478,9 +478,22 @@ class Partitioner:
     shapes = jax.tree_util.tree_map(lambda x: (global_batch_size,) + np.shape(x)[1:], batch)
     return jax.make_array_from_process_local_data(self.batch_shardings(batch), batch, shapes)
 
-  def put(self, tree: PyTree, shardings: PyTree) -> PyTree:
-    """Places host values (identical on every host) with the given shardings."""
-    return jax.device_put(tree, shardings)
+  def put(self, tree: PyTree, shardings: PyTree, *, in_place: bool = False) -> PyTree:
+    """Places host values (identical on every host) with the given shardings.
+
+    With `in_place`, a tree of nested dicts is updated leaf by leaf, so each
+    host array can be freed as soon as its device copy exists: peak host
+    memory is one copy of the tree plus its largest leaf instead of two
+    copies (on CPU the devices' memory is the host's).
+    """
+    if not in_place or not isinstance(tree, dict):
+      return jax.device_put(tree, shardings)
+    for key in list(tree):
+      if isinstance(tree[key], dict):
+        self.put(tree[key], shardings[key], in_place=True)
+      else:
+        tree[key] = jax.block_until_ready(jax.device_put(tree[key], shardings[key]))
+    return tree
 
   def partition(self, fn: Callable[..., Any], in_shardings: Any = None,
                 out_shardings: Any = None, static_argnums: Sequence[int] = (),
