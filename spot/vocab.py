@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import seqio
 import tensorflow as tf
@@ -127,10 +127,3 @@ def padded_size(vocab: seqio.Vocabulary, multiple: int = 8) -> int:
   """The vocabulary size rounded up to `multiple` (an embedding table's rows)."""
   return -(-vocab.vocab_size // multiple) * multiple
 
-
-def check_covers(vocab: WordVocabulary, texts: Iterable[str], what: Optional[str] = None) -> None:
-  """Raises if any word of `texts` is outside `vocab` (it would become UNK)."""
-  missing = sorted({w for t in texts for w in t.split() if w not in vocab._ids})  # pylint: disable=protected-access
-  if missing:
-    raise ValueError(f"{what or 'text'} uses words outside the vocabulary: {missing[:10]}; "
-                     "add them to the word list.")

@@ -1,18 +1,21 @@
 """Synthetic text-to-text tasks for `spot demo`: generated, seeded, with real structure.
 
-Seven *skills* over three input formats, so that the input alone does not say
+Eight *skills* over three input formats, so that the input alone does not say
 what to do (a prompt, or an instruction word, has to):
 
     words    "the happy cat was sad and dog"
              sentiment -> "positive" | "negative"   (majority of polar words)
              topic     -> "animal" | "food" | "color" | "tool"   (majority category)
-             reverse   -> "dog and sad was cat happy the"
-    pairs    "cat rice red ; rice cat"
-             entail    -> "yes" if every word after ";" occurs before it
-             overlap   -> "yes" if some word after ";" occurs before it
+             count     -> "2"   (topic words)
+    pairs    "cat rice red ; rice"  /  "cat rice red ; teal rice"
+             entail    -> "yes" if the one word after ";" occurs before it
+             overlap   -> "yes" if one of the two words after ";" occurs before it
     numbers  "3 7"
              add       -> "10"
              max       -> "7"
+             diff      -> "4"
+
+Classification skills are scored by accuracy, the others by exact match.
 
 Each skill is rendered in two *domains* that differ in their words and
 lengths: "a" (formal fillers, the first words of every lexicon, shorter) and
@@ -154,37 +157,35 @@ def topic(rng: random.Random, d: Domain) -> Example:
   return " ".join(words), label
 
 
-def reverse(rng: random.Random, d: Domain) -> Example:
+def count(rng: random.Random, d: Domain) -> Example:
+  """How many topic words (animals, foods, colours, tools) the sentence has."""
   words, _, _ = _words_input(rng, d)
-  return " ".join(words), " ".join(reversed(words))
+  topical = {w for ws in d.topics.values() for w in ws}
+  return " ".join(words), str(sum(w in topical for w in words))
 
 
-def _pair(rng: random.Random, d: Domain, case: str) -> str:
-  """"premise ; hypothesis" over topic words. `case`: the hypothesis's words
-  are all in the premise ("subset"), some ("mixed") or none ("disjoint")."""
+def _pair(rng: random.Random, d: Domain, inside: int, outside: int) -> str:
+  """"premise ; hypothesis" over topic words: `inside` hypothesis words are
+  taken from the premise, `outside` ones are not in it."""
   pool = [w for ws in d.topics.values() for w in ws]
   n_premise = rng.randint(*d.premise_length)
-  chosen = _pick(rng, pool, n_premise + 2)
-  premise, outside = chosen[:n_premise], chosen[n_premise:]
-  n_hyp = 1 if case == "disjoint" and rng.random() < 0.5 else 2
-  if case == "subset":
-    hyp = _pick(rng, premise, n_hyp)
-  elif case == "mixed":
-    hyp = [_pick(rng, premise)[0], outside[0]]
-  else:
-    hyp = outside[:n_hyp]
+  chosen = _pick(rng, pool, n_premise + outside)
+  premise = chosen[:n_premise]
+  hyp = _pick(rng, premise, inside) + chosen[n_premise:]
   rng.shuffle(hyp)
   return " ".join(premise + [SEPARATOR] + hyp)
 
 
 def entail(rng: random.Random, d: Domain) -> Example:
-  case = rng.choice(("subset", "subset", "mixed", "disjoint"))
-  return _pair(rng, d, case), YES_NO[case == "subset"]
+  """Does the premise contain the (one-word) hypothesis?"""
+  label = rng.random() < 0.5
+  return _pair(rng, d, int(label), int(not label)), YES_NO[label]
 
 
 def overlap(rng: random.Random, d: Domain) -> Example:
-  case = rng.choice(("subset", "mixed", "disjoint", "disjoint"))
-  return _pair(rng, d, case), YES_NO[case != "disjoint"]
+  """Does the premise share a word with the two-word hypothesis?"""
+  inside = rng.choice((0, 0, 1, 2))
+  return _pair(rng, d, inside, 2 - inside), YES_NO[inside > 0]
 
 
 def _operands(rng: random.Random, d: Domain) -> tuple[list[int], str]:
@@ -203,6 +204,11 @@ def add(rng: random.Random, d: Domain) -> Example:
 def maximum(rng: random.Random, d: Domain) -> Example:
   values, text = _operands(rng, d)
   return text, str(max(values))
+
+
+def difference(rng: random.Random, d: Domain) -> Example:
+  values, text = _operands(rng, d)
+  return text, str(max(values) - min(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,11 +242,12 @@ class Skill:
 SKILLS: Mapping[str, Skill] = {s.name: s for s in (
     Skill("sentiment", sentiment, SENTIMENT_LABELS, "words"),
     Skill("topic", topic, tuple(TOPICS), "words"),
-    Skill("reverse", reverse, None, "words"),
+    Skill("count", count, None, "words"),
     Skill("entail", entail, YES_NO, "pairs"),
     Skill("overlap", overlap, YES_NO, "pairs"),
     Skill("add", add, None, "numbers"),
     Skill("max", maximum, None, "numbers"),
+    Skill("diff", difference, None, "numbers"),
 )}
 
 # Every word any task can produce, in a fixed order: the vocabulary.
