@@ -136,6 +136,20 @@ def build_spot_step(setup: Setup):
   return step, tr, opt_state, frozen, part.shard_batch(batch)
 
 
+def xla_memory(setup: Setup) -> dict:
+  """XLA's buffer assignment for the compiled step: MiB of arguments and temporaries."""
+  import jax
+  import jax.numpy as jnp
+  step, tr, opt_state, frozen, batch = build_spot_step(setup)
+  stats = step.lower(tr, opt_state, frozen, batch, jnp.asarray(0, jnp.int32),
+                     jax.random.PRNGKey(0)).compile().memory_analysis()
+  return {"label": setup.label, "argument_mib": stats.argument_size_in_bytes / MiB,
+          "temp_mib": stats.temp_size_in_bytes / MiB,
+          "estimate_activations_mib": activation_bytes(
+              setup.config(), setup.batch, setup.input_length + setup.prompt_length,
+              setup.target_length, setup.remat, 1, setup.num_partitions) / MiB}
+
+
 def timed_steps(step, count: int) -> list[tuple[float, float]]:
   """(wall, process CPU) seconds of `count` calls of `step()`, each waited for."""
   times = []
@@ -207,9 +221,9 @@ def child_main(kind: str, setup_json: str) -> None:
   """In the measuring process: one measurement, printed as JSON on the last line."""
   setup = Setup(**{k: tuple(v) if isinstance(v, list) else v
                    for k, v in json.loads(setup_json).items()})
-  if kind != "spot":
+  if kind not in ("spot", "xla_memory"):
     raise ValueError(f"Unknown measurement {kind!r}.")
-  print(json.dumps(measure_spot(setup)), flush=True)
+  print(json.dumps(measure_spot(setup) if kind == "spot" else xla_memory(setup)), flush=True)
 
 
 # ------------------------------------------------------------------------------
@@ -225,66 +239,76 @@ def param_count(config, prompt_length: int = 0) -> int:
       prompt_length * config.emb_dim)
 
 
-def activation_bytes(config, batch: int, input_length: int, target_length: int,
-                     remat: str) -> float:
-  """Activations kept for the backward pass (both prompt and model tuning need them).
+def activation_bytes(config, batch: int, input_length: int, target_length: int, remat: str,
+                     data: int = 1, model: int = 1) -> float:
+  """Bytes of activations one device keeps for the backward pass.
 
-  Per layer and token: no remat keeps the norms, q/k/v/out projections, the
-  attention logits and probabilities and the MLP hidden states; "full" keeps
-  only each layer's input. Logits [B, T, V] in float32 are counted once.
+  Prompt and model tuning keep the same activations: the prompt's gradient
+  needs the backward pass through every layer. Per token and layer, no remat
+  keeps the residual-width tensors (norm inputs and outputs, block outputs),
+  q/k/v/context, the gated MLP's hidden states and the attention logits and
+  probabilities; "minimal" keeps the matmul outputs; "full" keeps each layer's
+  input plus one layer's full set while it is recomputed. Batch is split over
+  'data'; heads, MLP and vocabulary over 'model' (T5X's standard rules).
   """
   width = 2 if config.dtype == "bfloat16" else 4
-  d, f, hk, h = config.emb_dim, config.mlp_dim, config.num_heads * config.head_dim, config.num_heads
+  d, f = config.emb_dim, config.mlp_dim
+  hk, h = config.num_heads * config.head_dim, config.num_heads
   gates = len(config.mlp_activations)
-  s, t = input_length, target_length
+  s, t, b = input_length, target_length, batch / data
+
+  def layer(tokens: float, dims: float, sharded: float) -> float:
+    return b * tokens * (dims + sharded / model)
+
+  enc_full = layer(s, 6 * d, 4 * hk + (2 * gates) * f + h * s)
+  dec_full = layer(t, 9 * d, 6 * hk + (2 * gates) * f + h * (s + t)) + layer(s, 0, 2 * hk)
   if remat == "full":
-    enc = config.num_encoder_layers * batch * s * d
-    dec = config.num_decoder_layers * batch * t * d
+    kept = (config.num_encoder_layers * layer(s, d, 0) + config.num_decoder_layers *
+            layer(t, d, 0) + max(enc_full, dec_full))
+  elif remat == "minimal":
+    kept = (config.num_encoder_layers * layer(s, 2 * d, 4 * hk + gates * f) +
+            config.num_decoder_layers * layer(t, 3 * d, 6 * hk + gates * f))
   else:
-    per_tok = 4 * d + 4 * hk + (2 * gates + 1) * f
-    enc = config.num_encoder_layers * batch * s * (per_tok + 2 * h * s)
-    dec = config.num_decoder_layers * batch * t * (per_tok + 4 * hk + 2 * d + 2 * h * (s + t))
-    if remat == "minimal":  # matmul outputs saved, element-wise recomputed
-      enc, dec = enc * 0.7, dec * 0.7
-  logits = 3 * batch * t * config.vocab_size * 4
-  return (enc + dec) * width + logits
+    kept = config.num_encoder_layers * enc_full + config.num_decoder_layers * dec_full
+  logits = 3 * b * t * config.vocab_size / model * 4  # float32 logits, softmax, gradient
+  return kept * width + logits
 
 
 def estimate(config_name: str, batch: int, input_length: int, target_length: int,
-             prompt_length: int, devices: int = 1, remat: str = "full",
+             prompt_length: int, data: int = 1, model: int = 1, remat: str = "full",
              dtype: str = "bfloat16") -> dict:
   """GiB per device for prompt tuning and model tuning (Adafactor, float32 weights).
 
-  Weights are sharded over `devices` model-parallel devices; prompt tuning adds
-  only the prompt's gradient and optimizer state. Model tuning adds a
-  float32 gradient per weight and Adafactor's factored second moments
-  (about rows + columns per matrix, negligible) plus an update buffer.
+  Weights (float32, as T5X keeps them) are split over the `model` axis.
+  Prompt tuning adds the prompt's gradient and optimizer state (kilobytes);
+  model tuning adds a float32 gradient and an update per weight (Adafactor's
+  factored second moments are rows + columns, negligible).
   """
   from spot.models import get_config
   config = get_config(config_name, dtype=dtype, remat_policy=remat)
   p = param_count(config)
-  weights = 4 * p / devices
-  acts = activation_bytes(config, batch, input_length + prompt_length, target_length,
-                          remat) / devices
+  weights = 4 * p / model
+  acts = activation_bytes(config, batch, input_length + prompt_length, target_length, remat,
+                          data, model)
   prompt_state = 3 * 4 * prompt_length * config.emb_dim
-  model_state = 2 * 4 * p / devices
-  return {"model": config_name, "params_billions": p / 1e9, "devices": devices,
+  model_state = 2 * 4 * p / model
+  return {"model": config_name, "params_billions": p / 1e9, "data": data, "partitions": model,
           "weights_gib": weights / GiB, "activations_gib": acts / GiB,
           "prompt_tuning_gib": (weights + acts + prompt_state) / GiB,
           "model_tuning_gib": (weights + acts + model_state) / GiB}
 
 
 def print_estimates(args) -> None:
-  sizes = args.estimate_models or ["t5_1_1_base", "t5_1_1_large", "t5_1_1_xl", "t5_1_1_xxl",
-                                   "mt5_base", "mt5_large", "mt5_xl", "mt5_xxl"]
-  print("| model | params | devices | weights | activations | prompt tuning | model tuning |")
+  sizes = args.estimate_models or ["t5_1_1_base", "t5_1_1_large", "t5_1_1_xl", "t5_1_1_xxl"]
+  print(f"batch {args.batch} per data replica x {args.data}, {args.input_length}+"
+        f"{args.prompt_length} in / {args.target_length} out, {args.dtype}, remat {args.remat}")
+  print("| model | params | partitions | weights | activations | prompt tuning | model tuning |")
   print("|---|---|---|---|---|---|---|")
   for name in sizes:
-    for devices in args.estimate_devices:
-      e = estimate(name, args.batch, args.input_length, args.target_length, args.prompt_length,
-                   devices, args.remat if args.remat != "none" or args.dtype != "float32"
-                   else "full", "bfloat16" if args.dtype == "float32" else args.dtype)
-      print(f"| {name} | {e['params_billions']:.2f} B | {devices} | {e['weights_gib']:.2f} GiB | "
+    for model in args.estimate_partitions:
+      e = estimate(name, args.batch * args.data, args.input_length, args.target_length,
+                   args.prompt_length, args.data, model, args.remat, args.dtype)
+      print(f"| {name} | {e['params_billions']:.2f} B | {model} | {e['weights_gib']:.2f} GiB | "
             f"{e['activations_gib']:.2f} GiB | {e['prompt_tuning_gib']:.2f} GiB | "
             f"{e['model_tuning_gib']:.2f} GiB |")
 
@@ -339,8 +363,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--remat", default="none", choices=["none", "full", "minimal"])
   p.add_argument("--mode", default="both", choices=["prompt", "model", "both"])
   p.add_argument("--estimate", action="store_true", help="print the memory estimate table")
+  p.add_argument("--xla_memory", action="store_true",
+                 help="XLA's compiled memory for prompt/model tuning at each remat policy")
   p.add_argument("--estimate_models", nargs="*", default=None)
-  p.add_argument("--estimate_devices", nargs="*", type=int, default=[1])
+  p.add_argument("--estimate_partitions", nargs="*", type=int, default=[1, 2, 4, 8])
+  p.add_argument("--data", type=int, default=1, help="--estimate: data-parallel replicas")
   args = p.parse_args(argv)
   if args._child:
     limit_threads(args.threads)
@@ -350,6 +377,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print_estimates(args)
     return
   script = pathlib.Path(__file__).resolve()
+  if args.xla_memory:
+    for trainable in ("prompt", "all"):
+      for remat in ("none", "minimal", "full"):
+        setup = dataclasses.replace(setup_from_args(args, trainable), remat=remat)
+        m = run_child(script, "xla_memory", setup, args.threads)
+        print(f"{m['label']}: XLA arguments {m['argument_mib']:.0f} MiB, temporaries "
+              f"{m['temp_mib']:.0f} MiB (estimated activations "
+              f"{m['estimate_activations_mib']:.0f} MiB)", flush=True)
+    return
   results = {}
   for trainable in (["prompt", "all"] if args.mode == "both" else
                     ["prompt" if args.mode == "prompt" else "all"]):
