@@ -248,7 +248,8 @@ def activation_bytes(config, batch: int, input_length: int, target_length: int, 
   keeps the residual-width tensors (norm inputs and outputs, block outputs),
   q/k/v/context, the gated MLP's hidden states and the attention logits and
   probabilities; "minimal" keeps the matmul outputs; "full" keeps each layer's
-  input plus one layer's full set while it is recomputed. Batch is split over
+  input plus one layer's full set while it is recomputed. The backward pass
+  of a layer needs about two layers' worth more. Batch is split over
   'data'; heads, MLP and vocabulary over 'model' (T5X's standard rules).
   """
   width = 2 if config.dtype == "bfloat16" else 4
@@ -262,6 +263,10 @@ def activation_bytes(config, batch: int, input_length: int, target_length: int, 
 
   enc_full = layer(s, 6 * d, 4 * hk + (2 * gates) * f + h * s)
   dec_full = layer(t, 9 * d, 6 * hk + (2 * gates) * f + h * (s + t)) + layer(s, 0, 2 * hk)
+  # The backward pass of one layer holds its activation gradients and
+  # recomputed values besides what was kept: about two layers' worth (fitted
+  # to XLA's buffer assignment of the compiled step, `--xla_memory`).
+  working = 2 * max(enc_full, dec_full)
   if remat == "full":
     kept = (config.num_encoder_layers * layer(s, d, 0) + config.num_decoder_layers *
             layer(t, d, 0) + max(enc_full, dec_full))
@@ -271,7 +276,7 @@ def activation_bytes(config, batch: int, input_length: int, target_length: int, 
   else:
     kept = config.num_encoder_layers * enc_full + config.num_decoder_layers * dec_full
   logits = 3 * b * t * config.vocab_size / model * 4  # float32 logits, softmax, gradient
-  return kept * width + logits
+  return (kept + working) * width + logits
 
 
 def estimate(config_name: str, batch: int, input_length: int, target_length: int,
