@@ -27,7 +27,6 @@ import json
 import pathlib
 import sys
 import tempfile
-import time
 from typing import Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

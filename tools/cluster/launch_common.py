@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 REMOTE_DIR = "~/spot"
 REMOTE_VENV = "~/spot-venv"
@@ -47,9 +47,28 @@ class Runner:
     print(f"# {text}", file=self.out if self.dry_run else sys.stderr, flush=True)
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--dry-run", action="store_true",
-                 help="print the exact commands instead of running them")
+def command_parser(doc: str, names: Iterable[str]
+                   ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+  """A parser with a subcommand per name, each taking --dry-run; help from `doc`."""
+  p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=doc.split("\n\n", 1)[1])
+  sub = p.add_subparsers(dest="cmd", required=True)
+  subs = {}
+  for name in names:
+    subs[name] = sub.add_parser(name)
+    subs[name].add_argument("--dry-run", action="store_true",
+                            help="print the exact commands instead of running them")
+  return p, subs
+
+
+def dispatch(p: argparse.ArgumentParser, commands: Mapping[str, Callable[..., None]],
+             argv: Optional[Sequence[str]], takes_extra: Iterable[str]) -> None:
+  """Parses `argv` and runs the chosen command with a Runner and its extra arguments."""
+  args, extra = p.parse_known_args(argv)
+  if extra and args.cmd not in takes_extra:
+    raise SystemExit(f"unknown arguments for {args.cmd}: {extra}")
+  commands[args.cmd](args, Runner(args.dry_run), extra)
 
 
 def split_train_args(extra: Sequence[str]) -> list[str]:

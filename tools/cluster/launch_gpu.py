@@ -91,13 +91,8 @@ COMMANDS = {"install": cmd_install, "train": cmd_train, "logs": cmd_logs, "stop"
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
-  sub = p.add_subparsers(dest="cmd", required=True)
-  for name in COMMANDS:
-    s = sub.add_parser(name)
-    lc.add_common_flags(s)
+  p, subs = lc.command_parser(__doc__, COMMANDS)
+  for name, s in subs.items():
     s.add_argument("--hosts", required=True, help="comma-separated; the first is process 0")
     s.add_argument("--ssh-option", action="append", default=[],
                    help="passed to ssh/scp, e.g. --ssh-option=-oBatchMode=yes (repeatable)")
@@ -116,10 +111,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  args, extra = parser().parse_known_args(argv)
-  if extra and args.cmd != "train":
-    raise SystemExit(f"unknown arguments for {args.cmd}: {extra}")
-  COMMANDS[args.cmd](args, lc.Runner(args.dry_run), extra)
+  lc.dispatch(parser(), COMMANDS, argv, takes_extra=("train",))
 
 
 if __name__ == "__main__":

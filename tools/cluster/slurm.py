@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shlex
 import sys
 from typing import Optional, Sequence
 
@@ -57,6 +56,8 @@ def sbatch_script(args: argparse.Namespace, train_args: Sequence[str]) -> str:
 
 
 def cmd_submit(args, run: lc.Runner, extra: Sequence[str]) -> None:
+  if args.nodes < 1:
+    raise SystemExit(f"--nodes={args.nodes} must be >= 1.")
   script = sbatch_script(args, lc.split_train_args(extra))
   path = pathlib.Path(args.script or f"{args.job_name}.sbatch")
   if run.dry_run:
@@ -84,13 +85,8 @@ COMMANDS = {"submit": cmd_submit, "logs": cmd_logs, "cancel": cmd_cancel}
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
-  sub = p.add_subparsers(dest="cmd", required=True)
-  for name in COMMANDS:
-    s = sub.add_parser(name)
-    lc.add_common_flags(s)
+  p, subs = lc.command_parser(__doc__, COMMANDS)
+  for name, s in subs.items():
     s.add_argument("--job-name", default="spot")
     s.add_argument("--log-dir", default="slurm_logs")
     if name in ("logs", "cancel"):
@@ -113,12 +109,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  args, extra = parser().parse_known_args(argv)
-  if extra and args.cmd != "submit":
-    raise SystemExit(f"unknown arguments for {args.cmd}: {extra}")
-  if args.cmd == "submit" and args.nodes < 1:
-    raise SystemExit(f"--nodes={args.nodes} must be >= 1.")
-  COMMANDS[args.cmd](args, lc.Runner(args.dry_run), extra)
+  lc.dispatch(parser(), COMMANDS, argv, takes_extra=("submit",))
 
 
 if __name__ == "__main__":

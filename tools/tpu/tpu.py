@@ -141,13 +141,8 @@ COMMANDS = {"create": cmd_create, "install": cmd_install, "train": cmd_train, "l
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
-  sub = p.add_subparsers(dest="cmd", required=True)
-  for name in COMMANDS:
-    s = sub.add_parser(name)
-    lc.add_common_flags(s)
+  p, subs = lc.command_parser(__doc__, COMMANDS)
+  for name, s in subs.items():
     s.add_argument("--name", required=True, help="TPU VM / pod slice name")
     s.add_argument("--zone", required=True)
     s.add_argument("--project", default=None)
@@ -170,10 +165,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  args, extra = parser().parse_known_args(argv)
-  if extra and args.cmd not in ("train", "create", "ssh"):
-    raise SystemExit(f"unknown arguments for {args.cmd}: {extra}")
-  COMMANDS[args.cmd](args, lc.Runner(args.dry_run), extra)
+  lc.dispatch(parser(), COMMANDS, argv, takes_extra=("train", "create", "ssh"))
 
 
 if __name__ == "__main__":
