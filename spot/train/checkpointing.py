@@ -49,7 +49,7 @@ def save_numpy_atomic(path: epath.PathLike, array: np.ndarray) -> None:
   tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
   with tmp.open("wb") as f:
     np.save(f, np.asarray(array))
-  tmp.rename(path)
+  tmp.replace(path)  # overwrites an existing file, unlike rename
 
 
 class RunCheckpointer:

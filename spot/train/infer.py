@@ -79,7 +79,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
       n_done += n
       if total:
         prog.log(min(n_done, total), {})
-  tmp.rename(path)
+  tmp.replace(path)  # a re-run overwrites the previous predictions
   if jax.process_index() == 0:
     print(f"Wrote {n_done} predictions to {path}", flush=True)
   return str(path)
