@@ -146,17 +146,23 @@ def test_refuses_foreign_or_mismatched_out(demo, tmp_path):
   assert proc.returncode != 0 and "not a demo" in proc.stderr
 
 
-def test_real_needs_a_checkpoint_and_plans_glue_to_superglue():
+def test_real_rejects_bad_arguments(capsys):
   from spot.demo import cli
+  ckpt = ["--checkpoint", "/ckpt/t5/checkpoint_1"]
   assert cli.main(["--real", "--dry-run"]) == 2
+  assert "--checkpoint PATH is required" in capsys.readouterr().err
   assert cli.main(["--dry-run"]) == 2  # --dry-run goes with --real
-  assert cli.main(["--real", "--checkpoint", "/ckpt/t5/checkpoint_1", "--targets", "nope"]) == 2
+  assert cli.main(["--real", *ckpt, "--targets", "nope"]) == 2
+  assert "not SuperGLUE task keys" in capsys.readouterr().err
+  assert cli.main(["--real", *ckpt, "--dry-run", "--target-steps", "300"]) == 2
+  assert "embedding_step=1000 must not exceed" in capsys.readouterr().err
 
 
 def test_real_dry_run_plan(capsys):
   from spot.demo import cli
   assert cli.main(["--real", "--checkpoint", "/ckpt/t5/checkpoint_1", "--dry-run",
-                   "--targets", "cb", "rte", "--target-steps", "300"]) == 0
+                   "--targets", "cb", "rte", "--target-steps", "300",
+                   "--embedding-step", "100"]) == 0
   plan = capsys.readouterr().out
   for task in ("spot_glue_mnli", "spot_glue_sst2", "spot_glue_rte", "spot_glue_mix",
                "spot_superglue_cb", "spot_superglue_rte"):

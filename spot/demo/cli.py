@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
   from spot.demo import real
   p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
-                 help="the small preset (about a minute on two CPU cores)")
+                 help="the small preset (under two minutes on two CPU cores)")
   p.add_argument("--out", metavar="DIR",
                  help="output directory (default ./spot-demo-<preset>-<time>); running again "
                       "with the same DIR continues an interrupted demo")

@@ -1,7 +1,7 @@
 """What a demo run trains: model size, tasks, steps and learning rates.
 
 `QUICK` and `DEFAULT` are tuned so that on two CPU cores the whole workflow
-fits in about one and about five minutes, and the prompts are still trained
+fits in under two and about five minutes, and the prompts are still trained
 far enough for the comparison between initialisations to mean something. Every
 prompt run of a demo uses the same batch size, lengths and prompt length, so
 one compiled train step and one compiled decoder serve them all.
@@ -94,7 +94,7 @@ QUICK = DemoConfig(
     source_steps=80,
     mixture_steps=80,
     target_steps=40,
-    embedding_step=10,
+    embedding_step=20,
     eval_every=10,
     eval_examples=128,
     threshold=80.0,
@@ -103,21 +103,23 @@ QUICK = DemoConfig(
 DEFAULT = DemoConfig(
     name="default",
     skills=("sentiment", "topic", "count", "entail", "overlap", "add", "max", "diff"),
-    targets=("synthetic_sentiment_b", "synthetic_topic_b", "synthetic_entail_b",
-             "synthetic_overlap_b", "synthetic_add_b", "synthetic_max_b"),
+    # Count and the pair skills stay sources only: this small a model learns
+    # them to 60-80% in the steps the preset can afford, too weak a base for targets.
+    targets=("synthetic_sentiment_b", "synthetic_topic_b", "synthetic_add_b",
+             "synthetic_max_b", "synthetic_diff_b"),
     model=_TINY_T5,
     feature_lengths={"inputs": 12, "targets": 4},
-    pretrain_steps=2500,
+    pretrain_steps=3000,
     pretrain_batch_size=32,
     pretrain_lr=3e-3,
     pretrain_eval=True,
     prompt_length=8,
     batch_size=32,
-    prompt_lr=0.3,
-    source_steps=100,
+    prompt_lr=0.1,
+    source_steps=150,
     mixture_steps=150,
-    target_steps=60,
-    embedding_step=10,
+    target_steps=50,
+    embedding_step=20,
     eval_every=10,
     eval_examples=128,
     threshold=80.0,

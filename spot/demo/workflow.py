@@ -260,7 +260,7 @@ class Workflow:
     # short run ends on a settled prompt rather than one mid-jump.
     tx = optimizers.adafactor(optax.cosine_decay_schedule(self.cfg.prompt_lr, steps, 0.1))
     # Checkpoints at every evaluation and at the embedding step.
-    every = math.gcd(eval_every, self.cfg.embedding_step) if eval_every else self.cfg.embedding_step
+    every = math.gcd(eval_every, self.cfg.embedding_step)  # gcd(0, n) == n
     return self._train(name, self.prompt_model(init), task, steps, self.cfg.batch_size, tx,
                        init=init_name, trainable="prompt",
                        initial_checkpoint=self.base_checkpoint,
