@@ -11,6 +11,7 @@ and writes the loss trajectories and final prompts as JSON.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import functools
 import json
@@ -229,6 +230,7 @@ def _start(tmp_path_factory) -> dict:
   machine running them together roughly halves the wall time.
   """
   if not _JOBS:
+    atexit.register(_stop_jobs)
     tmp = tmp_path_factory.mktemp("mesh")
     port = str(free_port())
     _JOBS["8"] = (tmp / "eight.json", [run_worker(tmp / "eight.json", tmp / "eight", 8, (
@@ -238,6 +240,15 @@ def _start(tmp_path_factory) -> dict:
             "--meshes", ",".join(TWO_PROCESS_MESHES), "--num_processes", "2",
             "--process_id", str(i), "--port", port)) for i in range(2)])
   return _JOBS
+
+
+def _stop_jobs() -> None:
+  """Ends workers nobody waited for (e.g. when only one test module was selected)."""
+  for _, procs in _JOBS.values():
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def results(tmp_path_factory, key: str) -> dict:
