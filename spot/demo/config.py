@@ -100,7 +100,8 @@ QUICK = DemoConfig(
     threshold=80.0,
 )
 
-DEFAULT = DemoConfig(
+DEFAULT = dataclasses.replace(
+    QUICK,
     name="default",
     skills=("sentiment", "topic", "count", "entail", "overlap", "add", "max", "diff"),
     # Count and the pair skills stay sources only: this small a model learns
@@ -108,21 +109,11 @@ DEFAULT = DemoConfig(
     targets=("synthetic_sentiment_b", "synthetic_topic_b", "synthetic_add_b",
              "synthetic_max_b", "synthetic_diff_b"),
     model=_TINY_T5,
-    feature_lengths={"inputs": 12, "targets": 4},
     pretrain_steps=3000,
-    pretrain_batch_size=32,
-    pretrain_lr=3e-3,
     pretrain_eval=True,
-    prompt_length=8,
-    batch_size=32,
-    prompt_lr=0.1,
     source_steps=150,
     mixture_steps=150,
     target_steps=50,
-    embedding_step=20,
-    eval_every=10,
-    eval_examples=128,
-    threshold=80.0,
 )
 
 PRESETS: Mapping[str, DemoConfig] = {c.name: c for c in (QUICK, DEFAULT)}
