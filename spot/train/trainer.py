@@ -29,9 +29,12 @@ import optax
 from etils import epath
 
 from spot import partitioning as partitioning_lib
-from spot.train import checkpointing, data as data_lib, optimizers, progress, trainable as trainable_lib
+from spot.train import checkpointing, optimizers, progress, trainable as trainable_lib
 from spot.train import state as state_lib
 from spot.train.models import EncoderDecoderModel
+
+# `spot.train.data` (SeqIO, TensorFlow: ~700 MiB) is imported inside `train`, so
+# the step itself (`make_train_step`, benchmarks) does not pay for it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +208,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
       "prompt_tuning" or "model_tuning" from `trainable`. After the final
       evaluation the run writes `metrics.json` (see spot.report).
   """
+  from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
   tx = optimizer if optimizer is not None else optimizers.adafactor()
   partitioner = partitioner or partitioning_lib.Partitioner.create()
   mdir = epath.Path(model_dir)
