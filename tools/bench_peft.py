@@ -160,9 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   print(f"spot / PEFT peak RSS: {spot['peak_rss_mib'] / peft['peak_rss_mib']:.2f}x "
         "(target <= 1.0x)", flush=True)
   print(f"spot / PEFT peak RSS above the imports: {above(spot) / above(peft):.2f}x "
-        f"({above(spot):.0f} vs {above(peft):.0f} MiB; spot's imports include "
-        f"{spot['data_stack_mib']:.0f} MiB of SeqIO/TensorFlow that the step does not use)",
-        flush=True)
+        f"({above(spot):.0f} vs {above(peft):.0f} MiB)", flush=True)
   print(f"spot prompt tuning / model tuning step time: {spot['step_s'] / model['step_s']:.2f} "
         "(target <= 0.75)", flush=True)
 

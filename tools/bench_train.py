@@ -94,17 +94,12 @@ def current_rss_mib() -> float:
     return int(f.read().split()[1]) * resource.getpagesize() / MiB
 
 
-def import_spot_step() -> tuple[float, float]:
-  """Imports what the step needs; returns (RSS after imports, of which the data stack)."""
+def import_spot_step() -> float:
+  """Imports what the step needs; returns the RSS after the imports (MiB)."""
   import jax  # noqa: F401
   from spot import partitioning, prompts  # noqa: F401
-  from spot.train import optimizers, state, trainable  # noqa: F401
-  before = current_rss_mib()
-  # make_train_step lives in the trainer module, which imports the SeqIO /
-  # TensorFlow data stack at import time; the step itself never uses it.
-  from spot.train import trainer  # noqa: F401
-  after = current_rss_mib()
-  return after, after - before
+  from spot.train import optimizers, state, trainable, trainer  # noqa: F401
+  return current_rss_mib()
 
 
 def build_spot_step(setup: Setup):
@@ -171,7 +166,7 @@ def measure_spot(setup: Setup) -> dict:
   """Times `setup.steps` steps after `setup.warmup` (compile + first runs)."""
   import jax
   import jax.numpy as jnp
-  imports_mib, data_stack_mib = import_spot_step()
+  imports_mib = import_spot_step()
   step, tr, opt_state, frozen, batch = build_spot_step(setup)
   rng = jax.random.PRNGKey(0)
   state = {"tr": tr, "opt": opt_state, "i": 0, "metrics": None}
@@ -190,7 +185,6 @@ def measure_spot(setup: Setup) -> dict:
   return {"label": setup.label, **summarize(times), "warmup_s": sum(w for w, _ in warmup),
           "tokens": setup.batch * (setup.input_length + setup.target_length),
           "peak_rss_mib": peak_rss_mib(), "imports_mib": imports_mib,
-          "data_stack_mib": data_stack_mib,
           "peak_device_mib": stats.get("peak_bytes_in_use", 0) / MiB or None,
           "loss": float(metrics["loss"]) / max(float(metrics["num_tokens"]), 1.0)}
 
