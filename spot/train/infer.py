@@ -66,7 +66,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
       tokens, _ = inference.predict_batch(
           model.module, params, batch, max_decode_length=length,
           rng=jax.random.fold_in(jax.random.PRNGKey(seed), n_done), **dict(decode or {}))
-      tokens = np.asarray(jax.device_get(tokens))[:n]
+      tokens = partitioning_lib.host_array(tokens)[:n]  # gathers across hosts
       for i in range(n):
         rec = {"index": n_done + i,
                "inputs": _text(vocab, raw["encoder_input_tokens"][i]),

@@ -74,7 +74,14 @@ def test_tpu_install_from_checkout_on_every_worker():
   assert_bash_parses(script)
   (clone,) = dry(TPU, "install", *TPU_ID, "--repo", "https://example.org/spot.git", "--ref", "v1")
   assert "git clone --depth 1 --branch v1 https://example.org/spot.git" in remote_command(clone)
-  assert "--local" in fails(TPU, "install", *TPU_ID)
+  origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"],
+                          capture_output=True, text=True)
+  if origin.returncode == 0:  # a clone: the default source is its origin
+    (default,) = dry(TPU, "install", *TPU_ID)
+    assert f"git clone --depth 1" in remote_command(default)
+    assert origin.stdout.strip() in remote_command(default)
+  else:
+    assert "--local" in fails(TPU, "install", *TPU_ID)
 
 
 def test_tpu_train_stops_strays_then_starts_every_worker():
