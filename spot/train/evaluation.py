@@ -48,7 +48,8 @@ def pick_metric(results: Mapping[str, float], name: str) -> float:
                    "use one of those names.")
 
 
-def _pad_batch(batch: Mapping[str, np.ndarray], size: int) -> tuple[dict, int]:
+def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> tuple[dict, int]:
+  """Pads a last, short batch with zero rows to `size` (fixed jit shapes); returns (batch, n)."""
   n = next(iter(batch.values())).shape[0]
   if n == size:
     return dict(batch), n
@@ -83,7 +84,7 @@ class Evaluator:
     keys = MODEL_KEYS + tuple(self.model.prompt_input_names)
     for idx, feats in dataset.batch(size).as_numpy_iterator():
       feats = {k: v for k, v in feats.items() if k in keys}
-      padded, n = _pad_batch(feats, size)
+      padded, n = pad_batch(feats, size)
       yield idx, padded, n
 
   def _model_batch(self, padded: Mapping[str, np.ndarray]) -> dict:

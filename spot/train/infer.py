@@ -12,7 +12,7 @@ from etils import epath
 
 from spot import partitioning as partitioning_lib
 from spot.train import data as data_lib, inference, progress, state as state_lib
-from spot.train.evaluation import MODEL_KEYS
+from spot.train.evaluation import MODEL_KEYS, pad_batch
 from spot.train.models import EncoderDecoderModel
 
 
@@ -56,9 +56,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
   n_done = 0
   with partitioner, tmp.open("w") as f:
     for raw in data_lib.iterate(ds, cfg.mixture_or_task_name):
-      n = raw["encoder_input_tokens"].shape[0]
-      padded = {k: np.concatenate([v, np.zeros((cfg.batch_size - n,) + v.shape[1:], v.dtype)])
-                if n < cfg.batch_size else v for k, v in raw.items()}
+      padded, n = pad_batch(raw, cfg.batch_size)
       batch = {k: v for k, v in padded.items() if k in MODEL_KEYS}
       pin = model.prompt_inputs(padded)
       if pin:
