@@ -328,20 +328,30 @@ def optimizer_state_specs(opt_state_shapes: PyTree, param_specs: PyTree,
   return treedef.unflatten(out)
 
 
+def _cache_axes(x: Any) -> Optional[tuple[str, ...]]:
+  """CACHE_AXES for a [B, L, H, K] leaf, ("layers", *CACHE_AXES) for a scanned one."""
+  if np.ndim(x) == len(CACHE_AXES):
+    return CACHE_AXES
+  if np.ndim(x) == len(CACHE_AXES) + 1:
+    return ("layers",) + CACHE_AXES
+  return None
+
+
 def cache_specs(cache: PyTree, rules: LogicalRules) -> PyTree:
-  """Specs for a decoder cache: [batch, length, heads, kv] leaves by CACHE_AXES."""
+  """Specs for a decoder cache: [batch, length, heads, kv] leaves by CACHE_AXES
+  (scanned layers add a leading replicated "layers" axis)."""
   def spec(x):
-    if np.ndim(x) == len(CACHE_AXES):
-      return nn.logical_to_mesh_axes(CACHE_AXES, rules)
-    return P()
+    axes = _cache_axes(x)
+    return nn.logical_to_mesh_axes(axes, rules) if axes else P()
   return jax.tree_util.tree_map(spec, cache)
 
 
 def constrain_cache(cache: PyTree) -> PyTree:
   """Annotates a decoder cache with CACHE_AXES inside jit (no-op without a mesh)."""
-  return jax.tree_util.tree_map(
-      lambda x: nn.with_logical_constraint(x, CACHE_AXES) if np.ndim(x) == len(CACHE_AXES)
-      else x, cache)
+  def constrain(x):
+    axes = _cache_axes(x)
+    return nn.with_logical_constraint(x, axes) if axes else x
+  return jax.tree_util.tree_map(constrain, cache)
 
 
 # ------------------------------------------------------------------------------

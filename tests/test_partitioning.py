@@ -306,6 +306,10 @@ def test_remat_and_bfloat16_under_sharding(eight_devices):
                                                 rel=1e-5)
   np.testing.assert_allclose(grads["full"]["loss"], grads["none"]["loss"], rtol=1e-6)
   np.testing.assert_allclose(grads["full"]["grad"], grads["none"]["grad"], rtol=1e-4, atol=1e-6)
+  # Scanned layers (with remat) under 2x4: the same loss and prompt gradient.
+  np.testing.assert_allclose(grads["scan_full"]["loss"], grads["none"]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(grads["scan_full"]["grad"], grads["none"]["grad"], rtol=1e-4,
+                             atol=1e-6)
   bf16 = np.asarray(grads["minimal_bfloat16"]["grad"])
   assert np.all(np.isfinite(bf16))
   np.testing.assert_allclose(grads["minimal_bfloat16"]["loss"], grads["none"]["loss"], rtol=0.02)
@@ -317,7 +321,9 @@ def test_remat_and_bfloat16_under_sharding(eight_devices):
 def test_sharded_decoding_matches_one_device(eight_devices):
   dec = eight_devices["decode"]
   assert dec["2x4"] == dec["1"]
+  assert dec["2x4_scan"] == dec["1"]
   assert dec["cache_spec"] == ["data", None, "model", None]
+  assert dec["scanned_cache_spec"] == [None, "data", None, "model", None]
 
 
 # ------------------------------------------------------------------------------
@@ -433,12 +439,15 @@ def _remat_grads(name: str, vocab) -> dict:
   ds = data_lib.get_dataset(_dataset_cfg(name), data_lib.PromptFeatureConverter(PROMPT_LENGTH))
   batch = next(data_lib.iterate(ds, name))
   batch = {k: v for k, v in batch.items() if k.startswith(("encoder_", "decoder_"))}
+  from spot.models import scan
   out = {}
   for label, changes in (("none", {}), ("full", {"remat_policy": "full"}),
-                         ("minimal_bfloat16", {"remat_policy": "minimal", "dtype": "bfloat16"})):
+                         ("minimal_bfloat16", {"remat_policy": "minimal", "dtype": "bfloat16"}),
+                         ("scan_full", {"scan_layers": True, "remat_policy": "full"})):
     model = tiny_model(vocab, **changes)
     axes = model.param_axes()
-    tr, frozen = trainable_lib.split(params, "prompt")
+    layout = scan.to_layout(params, model.config.scan_layers)
+    tr, frozen = trainable_lib.split(layout, "prompt")
     tr_axes, fr_axes = trainable_lib.split(axes, "prompt")
     tr_sh, fr_sh = part.logical_to_mesh(tr_axes, tr), part.logical_to_mesh(fr_axes, frozen)
     grad_fn = part.partition(
@@ -463,16 +472,21 @@ def _decode(vocab) -> dict:
   params = state_lib.initial_params(model, "random", 0)
   batch = {"encoder_input_tokens": np.random.RandomState(1).randint(2, 128, (8, 8)).astype(
       np.int32)}
+  from spot.models import scan
   out = {}
-  for mesh in ("1", "2x4"):
-    part = _partitioner(mesh)
-    placed = jax.device_put(params, part.logical_to_mesh(model.param_axes(), params))
+  for mesh in ("1", "2x4", "2x4_scan"):
+    part = _partitioner(mesh.split("_")[0])
+    m = tiny_model(vocab, scan_layers=True) if mesh.endswith("scan") else model
+    p = scan.to_layout(params, m.config.scan_layers)
+    placed = jax.device_put(p, part.logical_to_mesh(m.param_axes(), p))
     with part:
-      tokens, _ = inference.predict_batch(model.module, placed, batch, max_decode_length=4)
+      tokens, _ = inference.predict_batch(m.module, placed, batch, max_decode_length=4)
     out[mesh] = pl.host_array(tokens).tolist()
-  cache = jax.eval_shape(lambda: {"k": jnp.zeros((8, 4, 4, 4))})
-  spec = list(_partitioner("2x4").cache_shardings(cache)["k"].spec)
-  out["cache_spec"] = spec + [None] * (4 - len(spec))
+  cache = jax.eval_shape(lambda: {"k": jnp.zeros((8, 4, 4, 4)), "s": jnp.zeros((2, 8, 4, 4, 4))})
+  shardings = _partitioner("2x4").cache_shardings(cache)
+  for key, name, rank in (("k", "cache_spec", 4), ("s", "scanned_cache_spec", 5)):
+    spec = list(shardings[key].spec)
+    out[name] = spec + [None] * (rank - len(spec))
   return out
 
 

@@ -16,7 +16,9 @@ frozen weights need no weight gradients and no optimizer update).
   python tools/bench_train.py --model t5_1_1_small --batch 8 --input_length 64 \
       --target_length 16 --prompt_length 20 --steps 20
 
-`--estimate` prints the device-memory estimate of docs/scaling.md instead.
+`--estimate` prints the device-memory estimate of docs/scaling.md instead;
+`--scan_compile` compares compile time and program size of unrolled and
+scanned layers (`--override scan_layers=true` scans any measurement).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Setup:
     what = "prompt tuning" if self.trainable == "prompt" else "model tuning"
     extra = "" if (self.dtype, self.remat) == ("float32", "none") else (
         f", {self.dtype}, remat {self.remat}")
+    extra += "".join(f", {o}" for o in self.overrides)
     mesh = "" if self.num_partitions == 1 else f", {self.num_partitions} partitions"
     return (f"spot {what} {self.model}, batch {self.batch}, {self.input_length}+"
             f"{self.prompt_length} in / {self.target_length} out{extra}{mesh}")
@@ -72,9 +75,18 @@ class Setup:
   def config(self):
     from spot import models
     changes = dict(o.split("=", 1) for o in self.overrides)
-    typed = {k: type(getattr(models.T5Config(), k))(v) for k, v in changes.items()}
+    typed = {k: _typed(getattr(models.T5Config(), k), v) for k, v in changes.items()}
     return models.get_config(self.model, dropout_rate=self.dropout, dtype=self.dtype,
                              remat_policy=self.remat, **typed)
+
+
+def _typed(default, text: str):
+  """An --override value as the type of the field's default ("False" -> False)."""
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"Expected true or false, got {text!r}.")
+    return text.lower() in ("true", "1")
+  return type(default)(text)
 
 
 def synthetic_batch(batch: int, input_length: int, target_length: int, vocab: int, seed: int = 0):
@@ -136,9 +148,15 @@ def xla_memory(setup: Setup) -> dict:
   import jax
   import jax.numpy as jnp
   step, tr, opt_state, frozen, batch = build_spot_step(setup)
-  stats = step.lower(tr, opt_state, frozen, batch, jnp.asarray(0, jnp.int32),
-                     jax.random.PRNGKey(0)).compile().memory_analysis()
-  return {"label": setup.label, "argument_mib": stats.argument_size_in_bytes / MiB,
+  lowered = step.lower(tr, opt_state, frozen, batch, jnp.asarray(0, jnp.int32),
+                       jax.random.PRNGKey(0))
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  stats = compiled.memory_analysis()
+  return {"label": setup.label, "compile_s": compile_s,
+          "hlo_kib": len(compiled.as_text()) / 1024.0,
+          "argument_mib": stats.argument_size_in_bytes / MiB,
           "temp_mib": stats.temp_size_in_bytes / MiB,
           "estimate_activations_mib": activation_bytes(
               setup.config(), setup.batch, setup.input_length + setup.prompt_length,
@@ -364,6 +382,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--estimate", action="store_true", help="print the memory estimate table")
   p.add_argument("--xla_memory", action="store_true",
                  help="XLA's compiled memory for prompt/model tuning at each remat policy")
+  p.add_argument("--scan_compile", action="store_true",
+                 help="compile time, program size and XLA memory of the prompt-tuning step "
+                      "with unrolled vs scanned layers")
   p.add_argument("--estimate_models", nargs="*", default=None)
   p.add_argument("--estimate_partitions", nargs="*", type=int, default=[1, 2, 4, 8])
   p.add_argument("--data", type=int, default=1, help="--estimate: data-parallel replicas")
@@ -384,6 +405,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"{m['label']}: XLA arguments {m['argument_mib']:.0f} MiB, temporaries "
               f"{m['temp_mib']:.0f} MiB (estimated activations "
               f"{m['estimate_activations_mib']:.0f} MiB)", flush=True)
+    return
+  if args.scan_compile:
+    for scanned in (False, True):
+      setup = setup_from_args(args, "prompt")
+      setup = dataclasses.replace(setup, overrides=setup.overrides + (f"scan_layers={scanned}",))
+      m = run_child(script, "xla_memory", setup, args.threads)
+      print(f"{m['label']}: compile {m['compile_s']:.1f} s, optimized HLO "
+            f"{m['hlo_kib']:.0f} KiB, XLA temporaries {m['temp_mib']:.0f} MiB", flush=True)
     return
   results = {}
   for trainable in (["prompt", "all"] if args.mode == "both" else

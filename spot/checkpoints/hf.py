@@ -34,7 +34,7 @@ from etils import epath
 
 from spot.checkpoints import layout, tree
 from spot.checkpoints.layout import PathLike
-from spot.models import T5Config
+from spot.models import T5Config, scan
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -330,6 +330,9 @@ def save_hf(path: PathLike, config: T5Config, params: Mapping[str, Any]) -> epat
   """
   from safetensors.numpy import save_file
 
+  if config.scan_layers:  # Hugging Face T5 keeps one block per layer
+    params = scan.unscan_layers(params, config.param_scan_axis)
+    config = config.replace(scan_layers=False)
   tree.check_shapes(params, config)
   flat = tree.flatten(params)
   extras = sorted(n for n in flat if tree.is_extra_param(n))

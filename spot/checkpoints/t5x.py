@@ -19,7 +19,7 @@ from flax import serialization
 
 from spot.checkpoints import layout, orbax_format, t5x_format, tree
 from spot.checkpoints.layout import CheckpointFormat, PathLike
-from spot.models import T5Config
+from spot.models import T5Config, scan
 
 Params = dict[str, Any]
 
@@ -85,7 +85,9 @@ def load_t5x(path: PathLike, config: Optional[T5Config] = None, *, step: Optiona
       `checkpoint_<step>` directory (legacy msgpack+zarr or Orbax `state/`),
       the msgpack `checkpoint` file, or a single-file Flax msgpack checkpoint.
       Local paths and `gs://` URLs (etils.epath) both work.
-    config: when given, every parameter shape is checked against
+    config: when given, the layers are put in the layout `config` asks for
+      (stacked for `scan_layers`, `layers_i` otherwise; `spot.models.scan`)
+      and every parameter shape is checked against
       `spot.models.param_shapes(config)`; prompt parameters under
       `encoder/prompt/` are allowed extras.
     step: with a model_dir, load this step instead of the latest.
@@ -112,9 +114,11 @@ def load_t5x(path: PathLike, config: Optional[T5Config] = None, *, step: Optiona
     state = _load_orbax(located, with_optimizer_state, dtype)
   else:
     state = _load_legacy(located, with_optimizer_state, dtype)
-  params = state["target"]
   if config is not None:
+    # Either layout (`layers_i` or scanned `layers`) serves either model.
+    params = scan.to_layout(state["target"], config.scan_layers, config.param_scan_axis)
     tree.check_shapes(params, config, source=f"T5X checkpoint {located.path}")
+    state = {**state, "target": params}
   return _split(state, with_optimizer_state)
 
 

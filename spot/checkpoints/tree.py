@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
-from spot.models import T5Config, param_shapes
+from spot.models import T5Config, param_shapes, scan
 
 # Parameters a spot checkpoint may hold beyond the base model: the prompt
 # module lives under `encoder/prompt/...` (see spot.models.t5). The shape check
@@ -116,10 +116,18 @@ def infer_config(params: Mapping[str, Any], **overrides: Any) -> T5Config:
   whether logits are tied (no `decoder/logits_dense`). They cannot fix
   `relative_attention_max_distance` (default 128), the exact activation or the
   layer-norm epsilon: pass those as keyword overrides when they differ.
+  A scanned tree (`encoder/layers/...`) gives `scan_layers=True` and its axis.
 
   Raises:
     ValueError: when a parameter needed to infer a field is missing.
   """
+  if scan.is_scanned(params):
+    # Scanned layers: find the layer axis from the width D, infer, and keep the layout.
+    emb = leaf_shape(flatten(params)["token_embedder/embedding"])[1]
+    query = leaf_shape(flatten(params)["encoder/layers/attention/query/kernel"])
+    axis = 1 if query[0] == emb else 0
+    return infer_config(scan.unscan_layers(params, axis), **{
+        "scan_layers": True, "param_scan_axis": axis, **overrides})
   flat = {k: leaf_shape(v) for k, v in flatten(params).items()}
   names = set(flat)
 

@@ -40,6 +40,13 @@ class T5Config:
     remat_policy: "none", "full" (recompute each layer in the backward pass),
       or "minimal" (save matmul outputs, recompute the rest).
     layer_norm_epsilon: RMSNorm epsilon.
+    scan_layers: run each stack as one `nn.scan` over a single layer whose
+      parameters are stacked (`encoder/layers/...`, logical axis "layers"):
+      compile time and program size stop growing with depth (XL/XXL). The
+      checkpoint readers convert `layers_i` trees to this layout and back
+      (`spot.models.scan`), so T5X checkpoints load either way.
+    param_scan_axis: the axis of the stacked parameters that indexes layers
+      (1, as T5X's scalable_t5, keeps each kernel's leading axis first).
   """
 
   vocab_size: int = T5_1_1_VOCAB
@@ -58,6 +65,8 @@ class T5Config:
   float32_attention_logits: bool = False
   remat_policy: str = "none"
   layer_norm_epsilon: float = 1e-6
+  scan_layers: bool = False
+  param_scan_axis: int = 1
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
@@ -70,6 +79,9 @@ class T5Config:
                  "num_encoder_layers", "num_decoder_layers"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}.")
+    if self.param_scan_axis not in (0, 1):
+      raise ValueError(f"T5Config.param_scan_axis={self.param_scan_axis}; expected 0 or 1 "
+                       "(every layer parameter has at least one axis).")
     if not self.mlp_activations:
       raise ValueError("T5Config.mlp_activations must name at least one activation.")
 

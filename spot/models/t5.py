@@ -3,6 +3,9 @@
 Parameter tree (REFERENCE.md 1.4): `token_embedder/embedding`,
 `encoder/{relpos_bias, layers_i, encoder_norm}`, `decoder/{relpos_bias,
 layers_i, decoder_norm, logits_dense}` so a T5X checkpoint maps on directly.
+With `config.scan_layers` the `layers_i` of a stack become one `layers`
+subtree whose arrays are stacked on `config.param_scan_axis` (see
+`spot.models.scan` for the conversion both ways).
 
 A prompt enters through `prompt_factory`: a zero-argument callable returning
 a Flax module that the encoder creates under the name `prompt` (so its
@@ -40,7 +43,29 @@ def _remat(cls, config: T5Config, static_argnums: tuple[int, ...]):
   if config.remat_policy == "minimal":
     policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
   # Argument 0 is the module itself; `deterministic` and `decode` are static.
-  return nn.remat(cls, policy=policy, static_argnums=static_argnums, prevent_cse=True)
+  # Under scan the loop already keeps XLA from merging recomputation back into
+  # the forward pass, so CSE prevention (extra barriers) is only needed unrolled.
+  return nn.remat(cls, policy=policy, static_argnums=static_argnums,
+                  prevent_cse=not config.scan_layers)
+
+
+def _layer_stack(cls, config: T5Config, count: int, static_argnums: tuple[int, ...],
+                 num_inputs: int):
+  """The layers of one stack: `count` modules `layers_i`, or one scanned `layers`.
+
+  Scanned, the layer's parameters gain a "layers" axis at
+  `config.param_scan_axis` and its decode cache a leading layer axis; every
+  input but the carried hidden state is broadcast to all layers, and each layer
+  draws its own dropout mask.
+  """
+  layer_cls = _remat(cls, config, static_argnums)
+  if not config.scan_layers:
+    return [layer_cls(config, name=f"layers_{i}") for i in range(count)]
+  scanned = nn.scan(layer_cls, variable_axes={"params": config.param_scan_axis, "cache": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast,) * num_inputs, length=count,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(config, scanned=True, name="layers")
 
 
 def _residual(c: T5Config, x: Array, y: Array, deterministic: bool) -> Array:
@@ -69,31 +94,37 @@ def _mlp_block(c: T5Config, x: Array, deterministic: bool) -> Array:
 
 
 class EncoderLayer(nn.Module):
+  """One encoder layer; `scanned` layers return `(x, None)` for `nn.scan`."""
   config: T5Config
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True,
-               decode: bool = False) -> Array:
+               decode: bool = False):
     del decode
     c = self.config
     x = _attention_block(c, x, None, mask, bias, "pre_attention_layer_norm", "attention",
                          deterministic)
-    return _mlp_block(c, x, deterministic)
+    x = _mlp_block(c, x, deterministic)
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
+  """One decoder layer; `scanned` layers return `(x, None)` for `nn.scan`."""
   config: T5Config
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
                cross_mask: Array, bias: Array, deterministic: bool = True,
-               decode: bool = False) -> Array:
+               decode: bool = False):
     c = self.config
     x = _attention_block(c, x, None, self_mask, bias, "pre_self_attention_layer_norm",
                          "self_attention", deterministic, decode)
     x = _attention_block(c, x, encoded, cross_mask, None, "pre_cross_attention_layer_norm",
                          "encoder_decoder_attention", deterministic)
-    return _mlp_block(c, x, deterministic)
+    x = _mlp_block(c, x, deterministic)
+    return (x, None) if self.scanned else x
 
 
 class Encoder(nn.Module):
@@ -108,8 +139,7 @@ class Encoder(nn.Module):
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    layer_cls = _remat(EncoderLayer, c, (4, 5))
-    self.layers = [layer_cls(c, name=f"layers_{i}") for i in range(c.num_encoder_layers)]
+    self.layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, (4, 5), 4)
     self.encoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -134,8 +164,11 @@ class Encoder(nn.Module):
     length = x.shape[1]
     mask = L.make_attention_mask(valid, valid)
     bias = self.relpos_bias(length, length, True)
-    for layer in self.layers:
-      x = layer(x, mask, bias, deterministic, False)
+    if self.config.scan_layers:
+      x, _ = self.layers(x, mask, bias, deterministic, False)
+    else:
+      for layer in self.layers:
+        x = layer(x, mask, bias, deterministic, False)
     x = self.encoder_norm(x)
     return self.output_dropout(x, deterministic=deterministic), valid
 
@@ -149,8 +182,7 @@ class Decoder(nn.Module):
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    layer_cls = _remat(DecoderLayer, c, (6, 7))
-    self.layers = [layer_cls(c, name=f"layers_{i}") for i in range(c.num_decoder_layers)]
+    self.layers = _layer_stack(DecoderLayer, c, c.num_decoder_layers, (6, 7), 6)
     self.decoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -186,8 +218,11 @@ class Decoder(nn.Module):
         self_mask = jnp.logical_and(L.make_causal_mask(length),
                                     L.make_attention_mask(dec_valid, dec_valid))
     cross_mask = L.make_attention_mask(dec_valid, encoder_valid)
-    for layer in self.layers:
-      x = layer(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    if c.scan_layers:
+      x, _ = self.layers(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    else:
+      for layer in self.layers:
+        x = layer(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
     x = self.decoder_norm(x)
     x = self.output_dropout(x, deterministic=deterministic)
     if c.logits_via_embedding:

@@ -44,6 +44,8 @@ MIN_TEMPERATURE = np.float32(1e-4)
 # Cache leaves that are shared across the batch and never tiled or gathered:
 # the per-layer decode position and cached position biases.
 UNBATCHED_CACHE_LEAVES = ("cache_index", "cached_bias", "position_embedder_index")
+# The module name of scanned layers, whose cache leaves lead with a layer axis.
+SCANNED_CACHE_KEY = "layers"
 
 
 # ------------------------------------------------------------------------------
@@ -79,15 +81,25 @@ def _is_batched_leaf(path: tuple, leaf: Any) -> bool:
   return jnp.ndim(leaf) > 0 and name not in UNBATCHED_CACHE_LEAVES
 
 
+def _is_scanned_leaf(path: tuple) -> bool:
+  # A scanned stack (`T5Config.scan_layers`) keeps its cache under `layers`
+  # with a leading layer axis; unrolled stacks use `layers_i`.
+  return any(getattr(p, "key", getattr(p, "name", None)) == SCANNED_CACHE_KEY for p in path)
+
+
 def cache_map(fn: Callable[[Array], Array], cache: PyTree) -> PyTree:
   """Applies `fn` to the batched leaves of a decoding cache.
 
   Scalars (such as each layer's `cache_index`) and the leaves named in
   `UNBATCHED_CACHE_LEAVES` are left untouched: they are shared by the whole
-  batch. Works on dicts and `FrozenDict`s alike.
+  batch. Leaves of scanned layers ([layers, B, ...]) get `fn` per layer, so
+  `fn` always sees the batch first. Works on dicts and `FrozenDict`s alike.
   """
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: fn(x) if _is_batched_leaf(path, x) else x, cache)
+  def apply(path, x):
+    if not _is_batched_leaf(path, x):
+      return x
+    return jax.vmap(fn)(x) if _is_scanned_leaf(path) else fn(x)
+  return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def expand_cache(cache: PyTree, k: int) -> PyTree:
