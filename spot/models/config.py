@@ -45,8 +45,11 @@ class T5Config:
       compile time and program size stop growing with depth (XL/XXL). The
       checkpoint readers convert `layers_i` trees to this layout and back
       (`spot.models.scan`), so T5X checkpoints load either way.
-    param_scan_axis: the axis of the stacked parameters that indexes layers
-      (1, as T5X's scalable_t5, keeps each kernel's leading axis first).
+    param_scan_axis: the axis of the stacked parameters that indexes layers.
+      0 (the default) is the axis `lax.scan` slices; 1 is T5X scalable_t5's
+      layout, but the scan must then transpose every stacked weight each step
+      (a full temporary copy of the layer weights, measured in
+      tools/bench_train.py --scan_compile).
   """
 
   vocab_size: int = T5_1_1_VOCAB
@@ -66,7 +69,7 @@ class T5Config:
   remat_policy: str = "none"
   layer_norm_epsilon: float = 1e-6
   scan_layers: bool = False
-  param_scan_axis: int = 1
+  param_scan_axis: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))

@@ -3,8 +3,8 @@
 T5X checkpoints of T5 1.0 / 1.1 / mT5 store one subtree per layer
 (`encoder/layers_3/mlp/wi_0/kernel` [D, F]). A model built with
 `T5Config.scan_layers` holds one subtree per stack whose arrays carry the
-layers on `param_scan_axis` (`encoder/layers/mlp/wi_0/kernel` [D, L, F] for
-axis 1). These functions move a tree from one layout to the other so a
+layers on `param_scan_axis` (`encoder/layers/mlp/wi_0/kernel` [L, D, F] for
+axis 0, [D, L, F] for axis 1). These functions move a tree from one layout to the other so a
 checkpoint of either layout serves a model of either layout, and so exports
 (`save_hf`) always see `layers_i`.
 
@@ -47,7 +47,7 @@ def is_scanned(params: Mapping[str, Any]) -> bool:
   return any(_stack_layout(flat, s) == "scanned" for s in STACKS)
 
 
-def scan_layers(params: Mapping[str, Any], axis: int = 1) -> dict:
+def scan_layers(params: Mapping[str, Any], axis: int = 0) -> dict:
   """`layers_i` subtrees -> one `layers` subtree stacked on `axis`.
 
   Raises:
@@ -78,7 +78,7 @@ def scan_layers(params: Mapping[str, Any], axis: int = 1) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def unscan_layers(params: Mapping[str, Any], axis: int = 1) -> dict:
+def unscan_layers(params: Mapping[str, Any], axis: int = 0) -> dict:
   """One `layers` subtree stacked on `axis` -> `layers_i` subtrees (T5X layout)."""
   flat = _flat(params)
   for stack in STACKS:
@@ -94,7 +94,7 @@ def unscan_layers(params: Mapping[str, Any], axis: int = 1) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def to_layout(params: Mapping[str, Any], scanned: bool, axis: int = 1) -> dict:
+def to_layout(params: Mapping[str, Any], scanned: bool, axis: int = 0) -> dict:
   """`params` in the layout a model with `scan_layers=scanned` expects."""
   if scanned:
     return scan_layers(params, axis) if not is_scanned(params) else dict(params)

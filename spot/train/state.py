@@ -8,6 +8,7 @@ materialises a random copy of the (possibly XXL) base model.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from spot.models import T5Config
 from spot.train.models import EncoderDecoderModel
 
 RANDOM_INIT = "random"
@@ -35,11 +37,20 @@ def load_base_params(model: EncoderDecoderModel, initial_checkpoint_path: Option
     raise ValueError("INITIAL_CHECKPOINT_PATH is required: the frozen base model's T5X "
                      "checkpoint (or 'random' for a randomly initialised model).")
   if initial_checkpoint_path == RANDOM_INIT:
-    bare = EncoderDecoderModel(model.config)
-    params = jax.jit(bare.init_params)(jax.random.PRNGKey(seed))
+    params = _random_init(model.config)(jax.random.PRNGKey(seed))
     return jax.tree_util.tree_map(np.asarray, params)
   from spot.checkpoints import load_t5x
   return load_t5x(initial_checkpoint_path, model.config)
+
+
+@functools.lru_cache(maxsize=8)
+def _random_init(config: T5Config):
+  """The jitted random init of a bare model, compiled once per (frozen, hashable) config.
+
+  Tests, demos and benchmarks build many runs on the same random base; a fresh
+  `jax.jit` of a bound method per call would retrace and recompile each time.
+  """
+  return jax.jit(EncoderDecoderModel(config).init_params)
 
 
 def init_prompt_params(model: EncoderDecoderModel, rng: jax.Array) -> dict:

@@ -48,17 +48,19 @@ def params():
 
 def test_scanned_parameter_layout_and_axes():
   shapes = {k: tuple(v.shape) for k, v in _flat(param_shapes(SCANNED)).items()}
-  assert shapes["encoder/layers/attention/query/kernel"] == (16, 3, 16)
-  assert shapes["encoder/layers/mlp/wo/kernel"] == (32, 3, 16)
-  assert shapes["decoder/layers/pre_mlp_layer_norm/scale"] == (16, 2)
+  assert shapes["encoder/layers/attention/query/kernel"] == (3, 16, 16)
+  assert shapes["encoder/layers/mlp/wo/kernel"] == (3, 32, 16)
+  assert shapes["decoder/layers/pre_mlp_layer_norm/scale"] == (2, 16)
   assert shapes["encoder/relpos_bias/rel_embedding"] == (2, 4)  # still one table per stack
   assert not any("layers_" in k for k in shapes)
   axes = _flat(logical_axes(SCANNED))
-  assert tuple(axes["encoder/layers/attention/query/kernel"]) == ("embed", "layers", "joined_kv")
-  assert tuple(axes["decoder/layers/mlp/wo/kernel"]) == ("mlp", "layers", "embed")
-  first = {k: tuple(v.shape) for k, v in _flat(
-      param_shapes(SCANNED.replace(param_scan_axis=0))).items()}
-  assert first["encoder/layers/attention/query/kernel"] == (3, 16, 16)
+  assert tuple(axes["encoder/layers/attention/query/kernel"]) == ("layers", "embed", "joined_kv")
+  assert tuple(axes["decoder/layers/mlp/wo/kernel"]) == ("layers", "mlp", "embed")
+  # T5X scalable_t5's layout: layers on axis 1.
+  second = SCANNED.replace(param_scan_axis=1)
+  assert _flat(param_shapes(second))["encoder/layers/attention/query/kernel"].shape == (16, 3, 16)
+  assert tuple(_flat(logical_axes(second))["decoder/layers/mlp/wo/kernel"]) == (
+      "mlp", "layers", "embed")
   # Both layouts hold the same number of parameters.
   assert sum(np.prod(s) for s in shapes.values()) == sum(
       np.prod(v.shape) for v in _flat(param_shapes(UNROLLED)).values())
@@ -68,7 +70,7 @@ def test_scan_and_unscan_are_inverse(params):
   unrolled, scanned = params
   assert scan.is_scanned(scanned) and not scan.is_scanned(unrolled)
   flat = _flat(scanned)
-  np.testing.assert_array_equal(flat["encoder/layers/attention/key/kernel"][:, 2],
+  np.testing.assert_array_equal(flat["encoder/layers/attention/key/kernel"][2],
                                 _flat(unrolled)["encoder/layers_2/attention/key/kernel"])
   # The prompt and the shared tables are not touched.
   np.testing.assert_array_equal(flat["encoder/prompt/prompt/prompt"],
@@ -77,9 +79,11 @@ def test_scan_and_unscan_are_inverse(params):
   assert set(back) == set(_flat(unrolled))
   for k, v in _flat(unrolled).items():
     np.testing.assert_array_equal(back[k], v)
-  axis0 = scan.scan_layers(unrolled, axis=0)
-  assert _flat(axis0)["decoder/layers/mlp/wo/kernel"].shape == (2, 32, 16)
-  assert scan.to_layout(axis0, False, axis=0).keys() == unrolled.keys()
+  axis1 = scan.scan_layers(unrolled, axis=1)
+  assert _flat(axis1)["decoder/layers/mlp/wo/kernel"].shape == (32, 2, 16)
+  back1 = _flat(scan.to_layout(axis1, False, axis=1))
+  np.testing.assert_array_equal(back1["decoder/layers_1/mlp/wo/kernel"],
+                                _flat(unrolled)["decoder/layers_1/mlp/wo/kernel"])
   assert scan.to_layout(scanned, True) == scanned  # already in the asked layout
 
 
@@ -95,17 +99,19 @@ def test_stacking_names_the_layer_that_differs(params):
     scan.scan_layers(traverse_util.unflatten_dict(flat, sep="/"))
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_scanned_loss_and_gradients_match_unrolled(params, remat):
-  unrolled, scanned = params
+@pytest.mark.parametrize("remat,axis", [("none", 0), ("full", 0), ("minimal", 1)])
+def test_scanned_loss_and_gradients_match_unrolled(params, remat, axis):
+  unrolled, _ = params
+  scanned = scan.scan_layers(unrolled, axis)
   batch = _batch()
-  ref_model, scan_model = _model(UNROLLED), _model(SCANNED.replace(remat_policy=remat))
+  ref_model = _model(UNROLLED)
+  scan_model = _model(SCANNED.replace(remat_policy=remat, param_scan_axis=axis))
   loss_fn = lambda m: jax.jit(jax.value_and_grad(lambda p: m.loss(p, batch)[0]))
   ref_loss, ref_grad = loss_fn(ref_model)(unrolled)
   loss, grad = loss_fn(scan_model)(scanned)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   # Gradients of every weight, stacked, equal the per-layer gradients.
-  stacked_ref = _flat(scan.scan_layers(jax.tree_util.tree_map(np.asarray, ref_grad)))
+  stacked_ref = _flat(scan.scan_layers(jax.tree_util.tree_map(np.asarray, ref_grad), axis))
   for name, g in _flat(grad).items():
     np.testing.assert_allclose(g, stacked_ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
   assert float(np.abs(_flat(grad)["encoder/prompt/prompt/prompt"]).sum()) > 0
@@ -167,4 +173,4 @@ def test_checkpoints_load_into_either_layout(tmp_path):
   from spot.checkpoints import infer_config
   assert infer_config(loaded) == infer_config(unrolled).replace(scan_layers=True)
   assert infer_config(loaded, relative_attention_max_distance=8).num_encoder_layers == 3
-  assert infer_config(scan.scan_layers(unrolled, axis=0)).param_scan_axis == 0
+  assert infer_config(scan.scan_layers(unrolled, axis=1)).param_scan_axis == 1
