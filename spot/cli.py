@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from spot import runtime
+
 # command -> (module, one-line help)
 SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spot.train.cli", "train a prompt (or a model) from gin files"),
@@ -41,6 +43,8 @@ def _dispatch(prog: str, commands: Sequence[str], argv: Optional[Sequence[str]])
   if name not in commands:
     print(f"{prog}: unknown command {name!r}.\n\n{_usage(prog, commands)}", file=sys.stderr)
     return 2
+  # Before any JAX import: CPU-only processes keep XLA's scratch memory mapped.
+  runtime.configure_host_memory()
   module = importlib.import_module(SPOT_COMMANDS[name][0])
   if name in T5X_COMMANDS and module.__name__ == "spot.train.cli":
     return int(module.main(rest, mode=name, prog=f"{prog} {name}") or 0)

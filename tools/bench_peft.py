@@ -122,6 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   bench_train.add_shape_flags(p)
   p.add_argument("--repeat", type=int, default=1,
                  help="measure each this many times, interleaved; ratios use the fastest")
+  p.add_argument("--peft_malloc", default="default", choices=["default", "tuned"],
+                 help="glibc malloc settings of the PEFT process: its users' default, or the "
+                      "ones `spot` applies on CPU (spot.runtime), to see what they do for PyTorch")
   p.add_argument("--_dir", default=None, help=argparse.SUPPRESS)
   p.set_defaults(override=None)
   args = p.parse_args(argv)
@@ -129,6 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.override = list(DEFAULT_OVERRIDES)
   if args._child:
     bench_train.limit_threads(args.threads)
+    if args._child == "spot" or (args._child == "peft" and args.peft_malloc == "tuned"):
+      bench_train.runtime.configure_host_memory(
+          {"SPOT_HOST_MALLOC": "tuned"} if args._child == "peft" else None)
     if args._child == "prepare":
       prepare_checkpoints(_setup(args._setup), pathlib.Path(args._dir))
     elif args._child == "peft":
@@ -142,12 +148,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bench_train.run_child(script, "prepare", prompt, extra=("--_dir", tmp), parse=False)
     t5x = dataclasses.replace(prompt, checkpoint=str(pathlib.Path(tmp) / "t5x"))
     results: dict = {}
-    runs = (("peft", "peft", prompt, ("--_dir", str(pathlib.Path(tmp) / "hf"))),
+    peft_extra = ("--_dir", str(pathlib.Path(tmp) / "hf"), "--peft_malloc", args.peft_malloc)
+    runs = (("peft", "peft", prompt, peft_extra),
             ("spot", "spot", t5x, ()),
             ("spot_model", "spot", dataclasses.replace(t5x, trainable="all"), ()))
     for _ in range(args.repeat):  # interleaved, so a burst of load hits all alike
       for key, kind, setup, extra in runs:
         m = bench_train.run_child(script, kind, setup, args.threads, extra=extra)
+        if key == "peft" and args.peft_malloc == "tuned":
+          m["label"] += ", glibc malloc tuned as spot's"
         print(bench_train.format_line(m), flush=True)
         if key not in results or m["step_s"] < results[key]["step_s"]:
           results[key] = m

@@ -35,6 +35,9 @@ import time
 from typing import Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spot import runtime  # noqa: E402  (no JAX import: safe before the backend starts)
 MiB = 1024.0 ** 2
 GiB = 1024.0 ** 3
 
@@ -391,6 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = p.parse_args(argv)
   if args._child:
     limit_threads(args.threads)
+    runtime.configure_host_memory()  # as the spot command line does, before JAX starts
     child_main(args._child, args._setup)
     return
   if args.estimate:
