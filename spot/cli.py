@@ -43,7 +43,7 @@ def _dispatch(prog: str, commands: Sequence[str], argv: Optional[Sequence[str]])
   if name not in commands:
     print(f"{prog}: unknown command {name!r}.\n\n{_usage(prog, commands)}", file=sys.stderr)
     return 2
-  # Before any JAX import: CPU-only processes keep XLA's scratch memory mapped.
+  # Before any JAX import: SPOT_HOST_MALLOC=tuned|auto keeps XLA's CPU scratch mapped.
   runtime.configure_host_memory()
   module = importlib.import_module(SPOT_COMMANDS[name][0])
   if name in T5X_COMMANDS and module.__name__ == "spot.train.cli":

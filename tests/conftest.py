@@ -10,11 +10,6 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from spot import runtime  # noqa: E402  (imports no JAX)
-
-# As the `spot` command line does on CPU, before JAX starts its threads.
-runtime.configure_host_memory()
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("SPOT_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -52,8 +52,9 @@ def test_only_cpu_only_processes_are_tuned():
   assert runtime.cpu_only({"JAX_PLATFORMS": "cpu"})
   assert not runtime.cpu_only({"JAX_PLATFORMS": "cuda,cpu"})
   assert not runtime.cpu_only({"JAX_PLATFORMS": "tpu"})
-  assert not runtime.configure_host_memory({"JAX_PLATFORMS": "tpu"})
+  assert not runtime.configure_host_memory({"SPOT_HOST_MALLOC": "auto", "JAX_PLATFORMS": "tpu"})
+  assert not runtime.configure_host_memory({"JAX_PLATFORMS": "cpu"})  # opt-in
   assert not runtime.configure_host_memory({"SPOT_HOST_MALLOC": "default",
                                             "JAX_PLATFORMS": "cpu"})
-  with pytest.raises(ValueError, match="SPOT_HOST_MALLOC='fast'.*auto"):
+  with pytest.raises(ValueError, match="SPOT_HOST_MALLOC='fast'.*default"):
     runtime.configure_host_memory({"SPOT_HOST_MALLOC": "fast"})

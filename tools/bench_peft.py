@@ -132,9 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.override = list(DEFAULT_OVERRIDES)
   if args._child:
     bench_train.limit_threads(args.threads)
-    if args._child == "spot" or (args._child == "peft" and args.peft_malloc == "tuned"):
-      bench_train.runtime.configure_host_memory(
-          {"SPOT_HOST_MALLOC": "tuned"} if args._child == "peft" else None)
+    choice = args.peft_malloc if args._child == "peft" else args.malloc
+    bench_train.runtime.configure_host_memory({"SPOT_HOST_MALLOC": choice})
     if args._child == "prepare":
       prepare_checkpoints(_setup(args._setup), pathlib.Path(args._dir))
     elif args._child == "peft":
@@ -154,9 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             ("spot_model", "spot", dataclasses.replace(t5x, trainable="all"), ()))
     for _ in range(args.repeat):  # interleaved, so a burst of load hits all alike
       for key, kind, setup, extra in runs:
-        m = bench_train.run_child(script, kind, setup, args.threads, extra=extra)
-        if key == "peft" and args.peft_malloc == "tuned":
-          m["label"] += ", glibc malloc tuned as spot's"
+        m = bench_train.run_child(script, kind, setup, args.threads, extra=extra,
+                                  malloc=args.malloc)
+        if (key == "peft" and args.peft_malloc == "tuned") or (
+            key != "peft" and args.malloc == "tuned"):
+          m["label"] += ", SPOT_HOST_MALLOC=tuned malloc"
         print(bench_train.format_line(m), flush=True)
         if key not in results or m["step_s"] < results[key]["step_s"]:
           results[key] = m

@@ -220,10 +220,11 @@ def format_line(m: dict) -> str:
 
 
 def run_child(script: pathlib.Path, kind: str, setup: Setup, threads: Optional[int] = None,
-              extra: Sequence[str] = (), parse: bool = True) -> Optional[dict]:
+              extra: Sequence[str] = (), parse: bool = True,
+              malloc: str = "tuned") -> Optional[dict]:
   """Runs one measurement in a fresh process; returns its JSON result."""
   cmd = [sys.executable, str(script), "--_child", kind, "--_setup",
-         json.dumps(dataclasses.asdict(setup)), *extra]
+         json.dumps(dataclasses.asdict(setup)), "--malloc", malloc, *extra]
   if threads:
     cmd += ["--threads", str(threads)]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -354,6 +355,8 @@ def add_shape_flags(p: argparse.ArgumentParser) -> None:
                  help="T5X checkpoint of the frozen model (default: random init)")
   p.add_argument("--threads", type=int, default=None,
                  help="CPU threads for each measuring process (default: all)")
+  p.add_argument("--malloc", default="tuned", choices=["default", "tuned"],
+                 help="glibc malloc settings of spot's measuring processes (spot.runtime)")
   p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--_setup", default=None, help=argparse.SUPPRESS)
 
@@ -394,7 +397,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = p.parse_args(argv)
   if args._child:
     limit_threads(args.threads)
-    runtime.configure_host_memory()  # as the spot command line does, before JAX starts
+    # As `SPOT_HOST_MALLOC=<--malloc> spot train` does, before JAX starts.
+    runtime.configure_host_memory({"SPOT_HOST_MALLOC": args.malloc})
     child_main(args._child, args._setup)
     return
   if args.estimate:
@@ -405,7 +409,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for trainable in ("prompt", "all"):
       for remat in ("none", "minimal", "full"):
         setup = dataclasses.replace(setup_from_args(args, trainable), remat=remat)
-        m = run_child(script, "xla_memory", setup, args.threads)
+        m = run_child(script, "xla_memory", setup, args.threads, malloc=args.malloc)
         print(f"{m['label']}: XLA arguments {m['argument_mib']:.0f} MiB, temporaries "
               f"{m['temp_mib']:.0f} MiB (estimated activations "
               f"{m['estimate_activations_mib']:.0f} MiB)", flush=True)
@@ -414,14 +418,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for scanned in (False, True):
       setup = setup_from_args(args, "prompt")
       setup = dataclasses.replace(setup, overrides=setup.overrides + (f"scan_layers={scanned}",))
-      m = run_child(script, "xla_memory", setup, args.threads)
+      m = run_child(script, "xla_memory", setup, args.threads, malloc=args.malloc)
       print(f"{m['label']}: compile {m['compile_s']:.1f} s, optimized HLO "
             f"{m['hlo_kib']:.0f} KiB, XLA temporaries {m['temp_mib']:.0f} MiB", flush=True)
     return
   results = {}
   for trainable in (["prompt", "all"] if args.mode == "both" else
                     ["prompt" if args.mode == "prompt" else "all"]):
-    results[trainable] = run_child(script, "spot", setup_from_args(args, trainable), args.threads)
+    results[trainable] = run_child(script, "spot", setup_from_args(args, trainable), args.threads,
+                                   malloc=args.malloc)
     print(format_line(results[trainable]), flush=True)
   if len(results) == 2:
     ratio = results["prompt"]["step_s"] / results["all"]["step_s"]
