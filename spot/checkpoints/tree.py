@@ -123,8 +123,9 @@ def infer_config(params: Mapping[str, Any], **overrides: Any) -> T5Config:
   """
   if scan.is_scanned(params):
     # Scanned layers: find the layer axis from the width D, infer, and keep the layout.
-    emb = leaf_shape(flatten(params)["token_embedder/embedding"])[1]
-    query = leaf_shape(flatten(params)["encoder/layers/attention/query/kernel"])
+    flat = flatten(params)
+    emb = leaf_shape(flat["token_embedder/embedding"])[1]
+    query = leaf_shape(flat["encoder/layers/attention/query/kernel"])
     axis = 1 if query[0] == emb else 0
     return infer_config(scan.unscan_layers(params, axis), **{
         "scan_layers": True, "param_scan_axis": axis, **overrides})

@@ -68,6 +68,15 @@ def _layer_stack(cls, config: T5Config, count: int, static_argnums: tuple[int, .
   return scanned(config, scanned=True, name="layers")
 
 
+def _apply_stack(layers, x: Array, *inputs) -> Array:
+  """Runs what `_layer_stack` built: the scanned module once, or each layer in turn."""
+  if isinstance(layers, (list, tuple)):  # Flax stores a setup() list as a tuple
+    for layer in layers:
+      x = layer(x, *inputs)
+    return x
+  return layers(x, *inputs)[0]
+
+
 def _residual(c: T5Config, x: Array, y: Array, deterministic: bool) -> Array:
   return nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic) + x
 
@@ -164,11 +173,7 @@ class Encoder(nn.Module):
     length = x.shape[1]
     mask = L.make_attention_mask(valid, valid)
     bias = self.relpos_bias(length, length, True)
-    if self.config.scan_layers:
-      x, _ = self.layers(x, mask, bias, deterministic, False)
-    else:
-      for layer in self.layers:
-        x = layer(x, mask, bias, deterministic, False)
+    x = _apply_stack(self.layers, x, mask, bias, deterministic, False)
     x = self.encoder_norm(x)
     return self.output_dropout(x, deterministic=deterministic), valid
 
@@ -218,11 +223,7 @@ class Decoder(nn.Module):
         self_mask = jnp.logical_and(L.make_causal_mask(length),
                                     L.make_attention_mask(dec_valid, dec_valid))
     cross_mask = L.make_attention_mask(dec_valid, encoder_valid)
-    if c.scan_layers:
-      x, _ = self.layers(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
-    else:
-      for layer in self.layers:
-        x = layer(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    x = _apply_stack(self.layers, x, encoded, self_mask, cross_mask, bias, deterministic, decode)
     x = self.decoder_norm(x)
     x = self.output_dropout(x, deterministic=deterministic)
     if c.logits_via_embedding:

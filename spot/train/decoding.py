@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from spot.models import scan
+
 Array = jax.Array
 PyTree = Any
 TokensToLogits = Callable[[Array, PyTree], Tuple[Array, PyTree]]
@@ -44,8 +46,6 @@ MIN_TEMPERATURE = np.float32(1e-4)
 # Cache leaves that are shared across the batch and never tiled or gathered:
 # the per-layer decode position and cached position biases.
 UNBATCHED_CACHE_LEAVES = ("cache_index", "cached_bias", "position_embedder_index")
-# The module name of scanned layers, whose cache leaves lead with a layer axis.
-SCANNED_CACHE_KEY = "layers"
 
 
 # ------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def _is_batched_leaf(path: tuple, leaf: Any) -> bool:
 def _is_scanned_leaf(path: tuple) -> bool:
   # A scanned stack (`T5Config.scan_layers`) keeps its cache under `layers`
   # with a leading layer axis; unrolled stacks use `layers_i`.
-  return any(getattr(p, "key", getattr(p, "name", None)) == SCANNED_CACHE_KEY for p in path)
+  return any(getattr(p, "key", getattr(p, "name", None)) == scan.SCANNED for p in path)
 
 
 def cache_map(fn: Callable[[Array], Array], cache: PyTree) -> PyTree:
