@@ -2,16 +2,19 @@
 
 Each command lives in its own module exposing `main(argv: list[str]) -> int`;
 this file only dispatches, importing the module lazily so that `spot --help`
-stays fast and one command's heavy imports do not slow another.
+stays fast and one command's heavy imports do not slow another. A failure is
+printed as one line and mapped to an exit code by `spot.errors`; `--debug`
+(anywhere on the line) or `SPOT_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
-from spot import runtime
+from spot import errors, runtime
 
 # command -> (module, one-line help)
 SPOT_COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +39,9 @@ def _usage(prog: str, commands: Sequence[str]) -> str:
 
 def _dispatch(prog: str, commands: Sequence[str], argv: Optional[Sequence[str]]) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if "--debug" in argv:  # anywhere on the line: show tracebacks (as SPOT_DEBUG=1)
+    argv = [a for a in argv if a != "--debug"]
+    os.environ["SPOT_DEBUG"] = "1"
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage(prog, commands))
     return 0 if argv else 2
@@ -45,10 +51,15 @@ def _dispatch(prog: str, commands: Sequence[str], argv: Optional[Sequence[str]])
     return 2
   # Before any JAX import: SPOT_HOST_MALLOC=tuned|auto keeps XLA's CPU scratch mapped.
   runtime.configure_host_memory()
-  module = importlib.import_module(SPOT_COMMANDS[name][0])
-  if name in T5X_COMMANDS and module.__name__ == "spot.train.cli":
-    return int(module.main(rest, mode=name, prog=f"{prog} {name}") or 0)
-  return int(module.main(rest) or 0)
+
+  def run() -> Optional[int]:
+    module = importlib.import_module(SPOT_COMMANDS[name][0])
+    if name in T5X_COMMANDS and module.__name__ == "spot.train.cli":
+      return module.main(rest, mode=name, prog=f"{prog} {name}")
+    return module.main(rest)
+
+  # Every failure is one line naming the input and the fix (spot.errors).
+  return errors.run_cli(f"{prog} {name}", run)
 
 
 def spot_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-
-class LibraryError(Exception):
-  """Base class of the prompt library's errors."""
+from spot import errors
 
 
-class LibraryNotFoundError(LibraryError):
+class LibraryError(errors.DataError):
+  """Base class of the prompt library's errors (CLI exit code 3, data)."""
+
+
+class LibraryNotFoundError(LibraryError, FileNotFoundError):
   """The library path holds no library."""
 
 

@@ -19,6 +19,8 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
+from spot import errors
+
 MODES = {
     "train": ("spot.train.trainer", "train"),
     "eval": ("spot.train.evaluate", "evaluate"),
@@ -27,7 +29,7 @@ MODES = {
 GIN_ROOT = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UsageError):
   """A gin configuration that cannot run; the message names the key and the fix."""
 
 
