@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-step set-up and run: creates .venv (if missing), installs spot with its
-# test extras from PyPI, then runs `spot demo ...` or the test suite.
+# test extras from PyPI at the versions CI tested (constraints.txt), then runs
+# `spot demo ...` or the test suite.
 #   bash tools/run.sh demo [--quick] [--out DIR] [--seed N]
-#   bash tools/run.sh test [pytest args]
+#   bash tools/run.sh test [--slow] [pytest args]   (--slow: also the journeys, as CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -10,9 +11,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.spot-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   touch "$STAMP"
 fi
 cmd="${1:-test}"; shift || true
