@@ -12,9 +12,9 @@ See docs/library.md.
 """
 
 from spot.library.entry import ArrayRecord, Entry, ModelInfo, Provenance
-from spot.library.errors import (CorruptEntryError, EntryExistsError, EntryNotFoundError,
-                                 LibraryError, LibraryNotFoundError, LibraryWarning,
-                                 ModelMismatchError)
+from spot.library.errors import (ArchiveError, CorruptEntryError, EntryExistsError,
+                                 EntryNotFoundError, LibraryError, LibraryNotFoundError,
+                                 LibraryUsageError, LibraryWarning, ModelMismatchError)
 from spot.library.retrieval import pairwise, rank
 from spot.library.similarity import METRICS, avg_tokens, per_token, similarities
 from spot.library.store import PromptLibrary
@@ -22,9 +22,9 @@ from spot.library.transfer import (init_prompt, mixture_tasks, similarity_weight
                                    weighted_average)
 
 __all__ = [
-    "ArrayRecord", "CorruptEntryError", "Entry", "EntryExistsError", "EntryNotFoundError",
-    "LibraryError", "LibraryNotFoundError", "LibraryWarning", "METRICS", "ModelInfo",
-    "ModelMismatchError", "PromptLibrary", "Provenance", "avg_tokens", "init_prompt",
-    "mixture_tasks", "pairwise", "per_token", "rank", "similarities", "similarity_weights",
-    "weighted_average",
+    "ArchiveError", "ArrayRecord", "CorruptEntryError", "Entry", "EntryExistsError",
+    "EntryNotFoundError", "LibraryError", "LibraryNotFoundError", "LibraryUsageError",
+    "LibraryWarning", "METRICS", "ModelInfo", "ModelMismatchError", "PromptLibrary",
+    "Provenance", "avg_tokens", "init_prompt", "mixture_tasks", "pairwise", "per_token", "rank",
+    "similarities", "similarity_weights", "weighted_average",
 ]

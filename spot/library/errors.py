@@ -9,6 +9,16 @@ class LibraryError(errors.DataError):
   """Base class of the prompt library's errors (CLI exit code 3, data)."""
 
 
+class LibraryUsageError(LibraryError):
+  """Flags of a library command that do not go together (CLI exit code 2, usage)."""
+
+  exit_code = errors.EXIT_USAGE
+
+
+class ArchiveError(LibraryError):
+  """An archive to import that is not a usable spot library export."""
+
+
 class LibraryNotFoundError(LibraryError, FileNotFoundError):
   """The library path holds no library."""
 

@@ -9,7 +9,9 @@ rename, so callers order their writes instead (arrays first, `entry.json` last).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
@@ -19,7 +21,7 @@ import shutil
 import time
 import uuid
 from concurrent import futures
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 if TYPE_CHECKING:
   from etils import epath
@@ -35,6 +37,10 @@ _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 # File times are coarse (a clock tick), so a directory changed this recently may
 # change again without its times moving: its stamp is not trusted.
 RACY_NS = 2_000_000_000
+LOCK_SUFFIX = ".lock"
+# A staging folder without a lock file, or a lock file without its folder, is
+# left alone this long: its writer may be between creating one and the other.
+STALE_UNLOCKED_S = 60.0
 
 
 def is_local(path: PathLike) -> bool:
@@ -211,3 +217,78 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T],
     return [fn(x) for x in items]
   with futures.ThreadPoolExecutor(threads or _THREADS) as pool:
     return list(pool.map(fn, items))
+
+
+def files_stamp(folder: Path, rels: Iterable[str]) -> str:
+  """Identity, time and size of files `rels` under a local `folder`, as one string.
+
+  A file rewritten in place, replaced or removed changes it (a rewrite of the
+  same size within one clock tick aside), without reading the file.
+  """
+  parts = []
+  for rel in rels:
+    try:
+      st = os.stat(os.path.join(os.fspath(folder), rel))
+      parts.append(f"{rel}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+    except FileNotFoundError:
+      parts.append(f"{rel}:-")
+  return ";".join(parts)
+
+
+def stamp_files(stamp: str) -> list[str]:
+  """The file names a `files_stamp` covers."""
+  return [part.split(":", 1)[0] for part in stamp.split(";") if part]
+
+
+@contextlib.contextmanager
+def held_lock(folder: Path) -> Iterator[None]:
+  """Holds an exclusive lock on `<folder>.lock` while the block stages `folder`.
+
+  The lock is an advisory `flock`, which the kernel releases when its holder
+  dies (even by kill -9): a staging folder whose lock nobody holds belongs to
+  a writer that is gone (see `is_stale`). The lock file is removed on exit,
+  after the block has removed or renamed `folder`.
+  """
+  lock = os.fspath(folder) + LOCK_SUFFIX
+  fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(lock)
+    os.close(fd)
+
+
+def lock_is_held(lock: str) -> Optional[bool]:
+  """Whether a live process holds `lock` (see `held_lock`); None if it does not exist."""
+  try:
+    fd = os.open(lock, os.O_RDONLY)
+  except FileNotFoundError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  finally:
+    os.close(fd)  # closing releases a lock this call took
+  return False
+
+
+def is_stale(path: Path, now: Optional[float] = None) -> bool:
+  """Whether a staging item in a local tmp/ folder was left by a writer that is gone.
+
+  A folder is stale when nobody holds its `.lock` (its writer died), or, with
+  no lock file at all, once it is older than STALE_UNLOCKED_S; a lock file
+  alone (its folder gone) likewise once it is that old and unheld.
+  """
+  p = os.fspath(path)
+  now = time.time() if now is None else now
+  try:
+    age = now - os.stat(p, follow_symlinks=False).st_mtime
+  except FileNotFoundError:
+    return False
+  if p.endswith(LOCK_SUFFIX):
+    return not lock_is_held(p) and age > STALE_UNLOCKED_S
+  held = lock_is_held(p + LOCK_SUFFIX)
+  return held is False or (held is None and age > STALE_UNLOCKED_S)

@@ -1,11 +1,15 @@
 """The query index: one summary vector per entry and metric, grouped by model.
 
 The index is a cache at `PATH/index/index.npz` (a JSON header and raw float32
-matrices; the extension is historical, it is not a NumPy .npz). Each row carries the entry's
-fingerprint (see `fs.local_fingerprints`); a reader compares the rows with a
-fresh listing of `PATH/entries/` and re-reads only what is new or changed, so
-the index is never trusted beyond what the listing confirms and concurrent
-writers can at worst make it rebuild a row twice.
+matrices; the extension is historical, it is not a NumPy .npz), protected by a
+CRC-32 of everything after its fixed prefix: a damaged file reads as damaged
+(the store warns and rebuilds), never as impossible scores. Each row carries
+the entry's fingerprint (see `fs.local_fingerprints`) and a stamp of the array
+files it was computed from (`files`); a reader compares the rows with a fresh
+listing of `PATH/entries/` and re-reads only what is new or changed, and a
+ranking re-checks the `files` stamps of the entries it returns, so an array
+rewritten in place is noticed too. Concurrent writers can at worst make it
+rebuild a row twice.
 """
 
 from __future__ import annotations
@@ -14,25 +18,33 @@ import bisect
 import dataclasses
 import json
 import mmap
-from typing import Callable, Mapping, NamedTuple, Optional, Union
+import zlib
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 
 from spot.library import fs, similarity
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 _MAGIC = b"SPOTIDX\x00"
 _ALIGN = 64
+_CRC_BYTES = 8  # zlib.crc32 of the body (header onwards), little-endian
 
 
 class Row(NamedTuple):
-  """What the index knows of one entry directory; `problem` is "" if valid."""
+  """What the index knows of one entry directory; `problem` is "" if valid.
+
+  `files` stamps the array files the row was computed from (see
+  `fs.files_stamp`); `prompt_length` is the stored prompt's P.
+  """
 
   name: str
   fingerprint: str
   model: str = ""
   task: str = ""
   problem: str = ""
+  prompt_length: int = 0
+  files: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +94,16 @@ Loader = Callable[[str, str], tuple[Optional[Row], Optional[dict[str, np.ndarray
 
 
 def refresh(index: Index, fingerprints: Mapping[str, str], load: Loader,
-            stamp: str = "") -> tuple[Index, bool]:
+            stamp: str = "", force: Iterable[str] = ()) -> tuple[Index, bool]:
   """Brings `index` up to date with the listed `fingerprints`; returns (index, changed).
 
   `load(name, fingerprint)` reads and validates one entry; it is called only
-  for entries that are new or whose fingerprint changed. `stamp` is that of
-  the listing (see `Index`).
+  for entries that are new, whose fingerprint changed, or that are in `force`.
+  `stamp` is that of the listing (see `Index`).
   """
+  forced = set(force)
   stale = sorted(n for n, fp in fingerprints.items()
-                 if n not in index.rows or index.rows[n].fingerprint != fp)
+                 if n not in index.rows or index.rows[n].fingerprint != fp or n in forced)
   gone = [n for n in index.rows if n not in fingerprints]
   if not stale and not gone:
     if not stamp or stamp == index.stamp:  # nothing new to record
@@ -146,27 +159,39 @@ def dumps(index: Index) -> bytes:
       "models": [{"name": m, "entries": list(index.models[m].names)} for m in models],
       "arrays": layout,
   }).encode()
-  prefix = _MAGIC + len(header).to_bytes(8, "little") + header
-  chunks = [prefix, bytes(-len(prefix) % _ALIGN)]
+  start = len(_MAGIC) + 8 + _CRC_BYTES
+  chunks = [header, bytes(-(start + len(header)) % _ALIGN)]
   for data in arrays:
     chunks += [data, bytes(-len(data) % _ALIGN)]
-  return b"".join(chunks)
+  body = b"".join(chunks)
+  crc = zlib.crc32(body).to_bytes(_CRC_BYTES, "little")
+  return _MAGIC + len(header).to_bytes(8, "little") + crc + body
 
 
-def loads(data: Union[bytes, mmap.mmap]) -> Index:
-  """Reads `dumps` output (bytes or a memory map, viewed, not copied).
+def load(data: Union[bytes, mmap.mmap]) -> tuple[Index, str]:
+  """Reads `dumps` output (bytes or a memory map, viewed, not copied); returns
+  (index, problem).
 
-  An unreadable, truncated or older cache gives the empty index, which the
-  next refresh rebuilds from the entries.
+  An absent, foreign or older cache gives the empty index with problem "" (the
+  next refresh builds it); a cache of this version that fails its checksum or
+  does not parse gives the empty index and a problem naming the damage, which
+  the store reports before rebuilding.
   """
+  start = len(_MAGIC) + 8 + _CRC_BYTES
+  if len(data) < start or bytes(data[:len(_MAGIC)]) != _MAGIC:
+    return EMPTY, ""
   try:
-    if bytes(data[:len(_MAGIC)]) != _MAGIC:
-      return EMPTY
     size = int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 8], "little")
-    start = len(_MAGIC) + 8
     header = json.loads(bytes(data[start:start + size]))
-    if header.get("version") != INDEX_VERSION:
-      return EMPTY
+    version = header.get("version") if isinstance(header, dict) else None
+  except (ValueError, UnicodeDecodeError):
+    version = None
+  if version is not None and version != INDEX_VERSION:
+    return EMPTY, ""  # another format: rebuilt quietly
+  want = int.from_bytes(data[len(_MAGIC) + 8:start], "little")
+  if zlib.crc32(memoryview(data)[start:]) != want:
+    return EMPTY, "its checksum does not match (the file was damaged or cut)"
+  try:
     base = start + size + (-(start + size) % _ALIGN)
     vectors: dict[str, dict[str, np.ndarray]] = {}
     for a in header["arrays"]:
@@ -178,9 +203,14 @@ def loads(data: Union[bytes, mmap.mmap]) -> Index:
       vecs = vectors[m["name"]]
       if set(vecs) != set(similarity.METRICS) or any(
           v.shape[0] != len(m["entries"]) for v in vecs.values()):
-        return EMPTY
+        return EMPTY, "its matrices do not match its header"
       models[m["name"]] = ModelIndex(names=tuple(m["entries"]), vectors=vecs)
     rows = {r[0]: Row._make(r) for r in header["rows"]}
-  except (ValueError, KeyError, TypeError, IndexError):
-    return EMPTY
-  return Index(rows=rows, models=models, stamp=str(header.get("stamp", "")))
+  except (ValueError, KeyError, TypeError, IndexError) as e:
+    return EMPTY, f"it does not parse ({type(e).__name__}: {e})"
+  return Index(rows=rows, models=models, stamp=str(header.get("stamp", ""))), ""
+
+
+def loads(data: Union[bytes, mmap.mmap]) -> Index:
+  """`load` without the problem: the index, or the empty one if unusable."""
+  return load(data)[0]

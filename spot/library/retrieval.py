@@ -68,7 +68,8 @@ def _query_vector(library: PromptLibrary, index: index_lib.Index, query: Query,
 
 def rank(library: PromptLibrary, query: Query, *, model: Optional[str] = None,
          metric: str = "avg_tokens", top_k: Optional[int] = None,
-         exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+         exclude: Iterable[str] = (), prompt_length: Optional[int] = None
+         ) -> list[tuple[str, float]]:
   """Entries most similar to `query`, best first.
 
   Args:
@@ -80,18 +81,37 @@ def rank(library: PromptLibrary, query: Query, *, model: Optional[str] = None,
     metric: "avg_tokens" or "per_token" (see `similarity`).
     top_k: keep the k best (None: all).
     exclude: entry names to leave out.
+    prompt_length: only entries whose prompt has this many tokens (P), e.g.
+      to average prompts of one shape (CLI: --prompt-length).
 
   Returns:
-    [(name, score)], by decreasing score, ties by name.
+    [(name, score)], by decreasing score, ties by name. The returned entries'
+    files are re-checked first; any that changed in place is re-read (and left
+    out if it is now corrupt).
   """
   similarity.check_metric(metric)
   if top_k is not None and top_k < 1:
     raise ValueError(f"top_k must be at least 1, got {top_k}.")
+  if prompt_length is not None and prompt_length < 1:
+    raise ValueError(f"prompt_length must be at least 1, got {prompt_length}.")
+  for _ in range(2):
+    ranked = _rank_once(library, query, model, metric, top_k, exclude, prompt_length)
+    if not library.recheck([name for name, _ in ranked]):
+      return ranked
+  return _rank_once(library, query, model, metric, top_k, exclude, prompt_length)
+
+
+def _rank_once(library: PromptLibrary, query: Query, model: Optional[str], metric: str,
+               top_k: Optional[int], exclude: Iterable[str], prompt_length: Optional[int]
+               ) -> list[tuple[str, float]]:
   index = library.index()
   model, q, skip = _query_vector(library, index, query, model, metric)
   mi = index.models[model]
   scores = mi.vectors[metric] @ q
   keep = np.ones(len(mi.names), dtype=bool)
+  if prompt_length is not None:
+    keep &= np.array([index.rows[n].prompt_length == prompt_length for n in mi.names],
+                     dtype=bool)
   for name in set(skip) | set(exclude):
     try:
       keep[mi.position(name)] = False

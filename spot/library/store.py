@@ -16,11 +16,13 @@ progress reads as partial (skipped) and an overwrite switches in one step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import difflib
 import json
 import os
+import time
 import urllib.parse
 import uuid
 import warnings
@@ -202,26 +204,36 @@ class PromptLibrary:
       self._install_remote(name, files, overwrite=overwrite)
       return
     tmp = self.path / TMP_DIR
+    tmp.mkdir(parents=True, exist_ok=True)
     staging = tmp / f"{name}.{uuid.uuid4().hex}.tmp"
-    try:
-      for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
-        path = staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fs.write_synced(os.fspath(path), files[rel])
-      for _ in range(_MAX_OVERWRITE_TRIES):
-        if fs.rename_dir(staging, self._dir(name)):
-          return
-        if not overwrite:
-          raise self._exists(name)
-        old = tmp / f"{name}.{uuid.uuid4().hex}.old"
-        try:
-          if fs.rename_dir(self._dir(name), old):
-            fs.rmtree(old)
-        except FileNotFoundError:
-          pass  # a concurrent writer moved it; try again
-      raise LibraryError(f"could not replace entry {name!r}: other writers kept replacing it.")
-    finally:
-      fs.rmtree(staging)
+    # The lock tells `repair` that this folder belongs to a live writer.
+    with fs.held_lock(staging):
+      try:
+        for rel in sorted(files, key=lambda f: f == entry_lib.ENTRY_FILE):
+          path = staging / rel
+          path.parent.mkdir(parents=True, exist_ok=True)
+          fs.write_synced(os.fspath(path), files[rel])
+        for _ in range(_MAX_OVERWRITE_TRIES):
+          if fs.rename_dir(staging, self._dir(name)):
+            return
+          if not overwrite:
+            raise self._exists(name)
+          self._discard(name, ".old")
+        raise LibraryError(f"could not replace entry {name!r}: other writers kept replacing "
+                           "it.")
+      finally:
+        fs.rmtree(staging)
+
+  def _discard(self, name: str, suffix: str) -> bool:
+    """Moves entry `name` into tmp/ (under a held lock) and deletes it; False if absent."""
+    gone = self.path / TMP_DIR / f"{name}.{uuid.uuid4().hex}{suffix}"
+    with fs.held_lock(gone):
+      try:
+        os.rename(os.fspath(self._dir(name)), os.fspath(gone))
+      except FileNotFoundError:
+        return False  # removed, or moved by a concurrent writer
+      fs.rmtree(gone)
+      return True
 
   def _install_remote(self, name: str, files: Mapping[str, bytes], *, overwrite: bool) -> None:
     """Object-store install: arrays (uniquely named by `add`) first, entry.json last.
@@ -251,13 +263,9 @@ class PromptLibrary:
     self._require()
     entry_lib.check_name(name)
     if self._local:
-      gone = self.path / TMP_DIR / f"{name}.{uuid.uuid4().hex}.removed"
       (self.path / TMP_DIR).mkdir(parents=True, exist_ok=True)
-      try:
-        os.rename(os.fspath(self._dir(name)), os.fspath(gone))
-      except FileNotFoundError:
-        raise self._not_found(name) from None
-      fs.rmtree(gone)
+      if not self._discard(name, ".removed"):
+        raise self._not_found(name)
       return
     if not self._dir(name).exists():
       raise self._not_found(name)
@@ -275,6 +283,11 @@ class PromptLibrary:
     self._register_model(entry.model)
     self._install(name, files, overwrite=overwrite)
     return entry
+
+  def verify_files(self, name: str, files: Mapping[str, bytes]) -> Entry:
+    """Checks the raw files of an entry (as `install_files` would) without writing."""
+    entry_lib.check_name(name)
+    return self._verify_files(name, files)
 
   @staticmethod
   def _verify_files(name: str, files: Mapping[str, bytes]) -> Entry:
@@ -333,9 +346,10 @@ class PromptLibrary:
       raise EntryNotFoundError(name) from None
     return entry_lib.entry_from_json(data, name)
 
-  def _validate(self, name: str) -> tuple[Entry, dict[str, np.ndarray]]:
+  def _validate(self, name: str, entry: Optional[Entry] = None
+                ) -> tuple[Entry, dict[str, np.ndarray]]:
     """Fully checks one entry; returns it and its arrays by key ("prompt", ...)."""
-    entry = self._read_entry(name)
+    entry = self._read_entry(name) if entry is None else entry
     arrays = {}
     for key in (entry_lib.PROMPT_KEY,) + entry.embedding_keys:
       arr = entry_lib.read_array(self._dir(name), entry.record(key))
@@ -406,9 +420,15 @@ class PromptLibrary:
 
   def _index_row(self, name: str, fingerprint: str
                  ) -> tuple[Optional[index_lib.Row], Optional[dict[str, np.ndarray]]]:
+
+    def read() -> tuple[Entry, dict[str, np.ndarray], str]:
+      entry = self._read_entry(name)
+      files = self._files_stamp(name, entry)  # before reading: a later rewrite shows
+      return (*self._validate(name, entry), files)
+
     try:
       entry_lib.check_name(name)
-      (entry, arrays), seen = self._stable(name, lambda: self._validate(name))
+      (entry, arrays, files), seen = self._stable(name, read)
     except EntryNotFoundError:
       return None, None  # removed since it was listed
     except (LibraryError, OSError) as e:
@@ -417,28 +437,71 @@ class PromptLibrary:
     query = arrays[entry.query_key]
     vectors = {m: similarity.summary_vector(query, m).astype(np.float32)
                for m in similarity.METRICS}
-    return index_lib.Row(name, fingerprint, entry.model.name, entry.task), vectors
+    return index_lib.Row(name, fingerprint, entry.model.name, entry.task,
+                         prompt_length=int(entry.prompt_shape[0]), files=files), vectors
 
-  def index(self) -> index_lib.Index:
+  def _files_stamp(self, name: str, entry: Entry) -> str:
+    """`fs.files_stamp` of an entry's arrays ("" on an object store, where each
+    write has array names of its own and entry.json's checksum stands for them)."""
+    if not self._local:
+      return ""
+    return fs.files_stamp(self._dir(name), [entry.prompt.file] +
+                          [r.file for _, r in entry.embeddings])
+
+  def _row_changed(self, row: index_lib.Row) -> bool:
+    """Whether an indexed entry's folder or array files changed since its row was made."""
+    if not self._local:
+      return False
+    return (fs.local_fingerprint(self._dir(row.name), entry_lib.ENTRY_FILE) != row.fingerprint
+            or fs.files_stamp(self._dir(row.name), fs.stamp_files(row.files)) != row.files)
+
+  def recheck(self, names: Sequence[str]) -> bool:
+    """Re-reads the index rows of `names` whose files changed since they were indexed
+    (an array rewritten in place leaves the listing unchanged); returns whether any did.
+
+    Queries call it on the entries they are about to return, so a ranking never
+    rests on a stale or damaged row.
+    """
+    index = self.index()
+    changed = [n for n in names if n in index.rows and self._row_changed(index.rows[n])]
+    if not changed:
+      return False
+    warnings.warn(f"prompt library {self.path}: entr{'y' if len(changed) == 1 else 'ies'} "
+                  f"{', '.join(map(repr, changed))} changed since the index was built (a "
+                  "file rewritten in place); re-reading.", LibraryWarning, stacklevel=2)
+    self.index(force=changed)
+    return True
+
+  def _load_index(self) -> tuple[index_lib.Index, str]:
+    """The cached index on disk and its problem ("" when absent or sound)."""
+    try:
+      return index_lib.load(fs.map_file(self.path / INDEX_FILE, local=self._local))
+    except (FileNotFoundError, OSError):
+      return index_lib.EMPTY, ""
+
+  def index(self, force: Sequence[str] = ()) -> index_lib.Index:
     """The query index, brought up to date with the entries on disk.
 
     Corrupt or partial entries are reported with a `LibraryWarning` and left
-    out; only new or changed entries are read. Locally, when no entry was
-    added, removed or replaced since the index was made (the `entries/`
-    folder's stamp is unchanged), not even the listing is re-read.
+    out; only new or changed entries (and those in `force`) are read. Locally,
+    when no entry was added, removed or replaced since the index was made (the
+    `entries/` folder's stamp is unchanged), not even the listing is re-read.
+    A damaged cache (checksum mismatch) is reported and rebuilt.
     """
     self._require()
     stamp = fs.dir_stamp(self.path / ENTRIES_DIR) if self._local else ""  # before listing
     if self._index is None:
-      try:
-        self._index = index_lib.loads(fs.map_file(self.path / INDEX_FILE, local=self._local))
-      except (FileNotFoundError, OSError):
-        self._index = index_lib.EMPTY
-    if stamp and stamp == self._index.stamp:
+      self._index, problem = self._load_index()
+      if problem:
+        warnings.warn(f"prompt library {self.path}: the index cache {INDEX_FILE} is damaged "
+                      f"({problem}); rebuilding it from the entries.", LibraryWarning,
+                      stacklevel=2)
+        stamp = ""  # a damaged cache must not skip the listing
+    if stamp and stamp == self._index.stamp and not force:
       index, changed = self._index, False
     else:
       index, changed = index_lib.refresh(self._index, self._fingerprints(), self._index_row,
-                                         stamp)
+                                         stamp, force=force)
     if changed:
       try:
         (self.path / INDEX_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -486,4 +549,72 @@ class PromptLibrary:
     rows = fs.parallel_map(lambda n: self._index_row(n, fingerprints[n])[0],
                            sorted(fingerprints))
     return [(r.name, r.problem) for r in rows if r is not None and r.problem]
+
+  def repair(self) -> list[tuple[str, str]]:
+    """Cleans what interrupted writers left and rebuilds a bad index; returns (path, what).
+
+    - `tmp/`: staging folders (and their lock files) of writers that are gone
+      (killed mid-write: no live process holds their lock, see
+      `fs.is_stale`) are deleted; those of live writers are left alone.
+      Nothing committed lives there, so nothing committed is lost.
+    - `index/index.npz`: a cache that fails its checksum, or whose rows
+      disagree with the entries they claim to describe (same fingerprint but
+      other vectors, files or prompt length), is rebuilt from the entries.
+    """
+    self._require()
+    done = []
+    if self._local:
+      tmp = self.path / TMP_DIR
+      now = time.time()
+      for item in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        if not fs.is_stale(item, now):
+          continue
+        with contextlib.suppress(FileNotFoundError):
+          if item.is_dir():
+            fs.rmtree(item)
+          else:
+            os.remove(item)
+          if not item.name.endswith(fs.LOCK_SUFFIX):
+            os.remove(os.fspath(item) + fs.LOCK_SUFFIX)
+        done.append((f"{TMP_DIR}/{item.name}", "left by an interrupted writer; removed"))
+    problem = self._index_problem()
+    if problem:
+      self._index = index_lib.EMPTY
+      with contextlib.suppress(FileNotFoundError):
+        (self.path / INDEX_FILE).unlink()
+      self.index()
+      done.append((INDEX_FILE, f"{problem}; rebuilt"))
+    return done
+
+  def _index_problem(self) -> str:
+    """What is wrong with the index cache on disk, "" if nothing (stale rows are normal)."""
+    cached, problem = self._load_index()
+    if problem:
+      return f"damaged: {problem}"
+    fingerprints = self._fingerprints()
+    bad = []
+    for name, row in sorted(cached.rows.items()):
+      if fingerprints.get(name) != row.fingerprint:
+        continue  # stale, not wrong: the next query re-reads it
+      fresh, vectors = self._index_row(name, row.fingerprint)
+      if fresh is None:
+        continue
+      if fresh.problem or row.problem:
+        if bool(fresh.problem) != bool(row.problem):
+          bad.append(name)
+        continue
+      mi = cached.models.get(row.model)
+      try:
+        stored = {m: mi.vectors[m][mi.position(name)] for m in similarity.METRICS}
+      except (AttributeError, KeyError):
+        bad.append(name)
+        continue
+      if (fresh._replace(fingerprint=row.fingerprint) != row or not all(
+          np.allclose(stored[m], vectors[m], rtol=1e-5, atol=1e-6)
+          for m in similarity.METRICS)):
+        bad.append(name)
+    if bad:
+      return (f"out of date for {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} "
+              f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}): files changed in place")
+    return ""
 

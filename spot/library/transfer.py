@@ -39,8 +39,10 @@ def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> 
     raise ValueError(f"{len(prompts)} prompts but {len(scores)} scores.")
   shapes = {np.shape(p) for p in prompts}
   if len(shapes) != 1:
+    lengths = ", ".join(str(n) for n in sorted({s[0] for s in shapes}))
     raise LibraryError(f"cannot average prompts of different shapes {sorted(shapes)}; "
-                       "restrict the query to one prompt length or use top1.")
+                       f"restrict the candidates to one prompt length with --prompt-length "
+                       f"N (here {lengths}; Python: rank(..., prompt_length=N)), or use top1.")
   w = similarity_weights(scores)
   stacked = np.stack([np.asarray(p, dtype=np.float64) for p in prompts])
   return np.tensordot(w, stacked, axes=1).astype(np.float32)
