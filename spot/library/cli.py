@@ -18,12 +18,16 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 
 import numpy as np
 
+from spot import errors
 from spot.library import archive, fs, retrieval, similarity, sources, transfer
 from spot.library.entry import ModelInfo, Provenance, encode_array
-from spot.library.errors import LibraryError, LibraryWarning
+from spot.library.errors import LibraryError, LibraryUsageError, LibraryWarning
 from spot.library.store import PromptLibrary
 
 PROG = "spot library"
+MIXTURE_CAP = 2**19  # T5's examples-proportional limit (spot.tasks.mixtures.DEFAULT_CAP)
+_PROMPT_LENGTH_HELP = ("only entries whose prompt has N tokens (a weighted average needs "
+                       "prompts of one length)")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -59,11 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--prompt", metavar="FILE.npy", help="the prompt [P, D] as a .npy file")
   src.add_argument("--from-model-dir", metavar="DIR",
                    help="a run's model_dir: the latest numpy_checkpoints/checkpoint_<step>")
-  src.add_argument("--from-t5x", metavar="CKPT", help="a T5X checkpoint directory")
+  src.add_argument("--from-t5x", metavar="CKPT", help="a T5X checkpoint directory, or a spot "
+                   "run checkpoint (MODEL_DIR/best/<step>, MODEL_DIR/checkpoints/<step>)")
   p.add_argument("--variable", default=sources.DEFAULT_VARIABLE,
                  help="prompt variable path (default %(default)s)")
-  p.add_argument("--step", type=int, help="with --from-model-dir: this step, not the latest; "
+  p.add_argument("--step", type=int, help="with --from-model-dir: this step, not the latest "
+                 "(a numpy checkpoint, or an orbax one under best/ or checkpoints/); "
                  "otherwise: the step recorded in the provenance")
+  p.add_argument("--best", action="store_true", help="with --from-model-dir: the run's best "
+                 "step (its best/<step> checkpoint)")
   p.add_argument("--embedding", action="extend", nargs="+", default=[],
                  metavar="[KEY=]FILE.npy",
                  help="task embeddings [P', D]; KEY defaults to the file stem")
@@ -72,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "task embedding 'step_STEP' (SPoT uses an early one, e.g. 10000)")
   p.add_argument("--model", required=True, help="base model name, e.g. t5_1_1_lm100k_base")
   p.add_argument("--model-checkpoint", default="", metavar="PATH",
-                 help="the base model's checkpoint path")
-  p.add_argument("--task", default="", help="the SeqIO task or mixture it was trained on")
+                 help="the base model's checkpoint path (default: the run's run.json)")
+  p.add_argument("--task", default="", help="the SeqIO task or mixture it was trained on "
+                 "(default: the run's run.json)")
   p.add_argument("--metrics", action="extend", nargs="+", type=_key_value, default=[],
-                 metavar="KEY=VALUE", help="validation scores (numbers)")
+                 metavar="KEY=VALUE", help="validation scores (numbers; default: the run's "
+                 "metrics.json)")
   p.add_argument("--meta", action="extend", nargs="+", type=_key_value, default=[],
                  metavar="KEY=VALUE", help="free-form metadata")
   p.add_argument("--gin-config", metavar="FILE", help="the run's gin config (default: "
@@ -96,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", help="base model (default: the entry's, or the only one)")
   p.add_argument("--top-k", type=_positive, default=5, metavar="K")
   p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("--prompt-length", type=_positive, metavar="N", help=_PROMPT_LENGTH_HELP)
   p.add_argument("--init", choices=transfer.METHODS,
                  help="also write a target initialisation: top1 or weighted_average (SPoT)")
   p.add_argument("--init-out", metavar="FILE.npy", help="where --init writes the prompt")
@@ -122,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--entry", action="extend", nargs="+", metavar="NAME",
                  help="only these entries (default: all of the model)")
 
-  command("check", "verify every entry's files and checksums; exit 1 on problems")
+  command("check", "verify every entry's files and checksums, clean what interrupted "
+          "writers left in tmp/, rebuild a damaged index; exit 3 on entry problems")
 
   p = command("embed", "compute a task embedding: train a prompt briefly from a fixed init, "
               "then optionally rank the library against it")
@@ -148,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", help="base model of the entries (default: the only one)")
   p.add_argument("--top-k", type=_positive, default=3, metavar="K")
   p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
+  p.add_argument("--prompt-length", type=_positive, metavar="N", help=_PROMPT_LENGTH_HELP)
+  p.add_argument("--mixture-cap", type=_positive, default=MIXTURE_CAP, metavar="K",
+                 help="mixture mode: examples-proportional rates min(train examples, K) "
+                 "(default %(default)s, T5's limit)")
   p.add_argument("--best-metric", help="validation metric that picks checkpoints and, for "
                  "best_of_top_k, the run (e.g. accuracy)")
   p.add_argument("--target-task", help="the target's SeqIO task (mixture mode)")
@@ -163,7 +179,7 @@ def _number(key: str, value: str) -> float:
   try:
     return float(value)
   except ValueError:
-    raise LibraryError(f"--metrics {key}={value}: the value must be a number.") from None
+    raise LibraryUsageError(f"--metrics {key}={value}: the value must be a number.") from None
 
 
 def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
@@ -174,7 +190,7 @@ def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
       key, file = fs.path(spec).stem, spec
     out.append((key, sources.read_npy(file, "--embedding")))
   if args.embedding_step and not args.from_model_dir:
-    raise LibraryError("--embedding-step needs --from-model-dir DIR.")
+    raise LibraryUsageError("--embedding-step needs --from-model-dir DIR.")
   for step in args.embedding_step:
     array, _ = sources.model_dir_prompt(args.from_model_dir, step, args.variable)
     out.append((f"step_{step}", array))
@@ -182,29 +198,46 @@ def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
 
 
 def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
-  step, gin_dir = args.step, None
+  step, run_dir, meta = args.step, None, {}
+  if args.best and not args.from_model_dir:
+    raise LibraryUsageError("--best needs --from-model-dir DIR (the run whose best step to "
+                            "take).")
+  if args.best and args.step is not None:
+    raise LibraryUsageError("--best and --step N both pick the step; pass one of them.")
   if args.prompt:
     prompt = sources.read_npy(args.prompt, "--prompt")
   elif args.from_model_dir:
-    prompt, step = sources.model_dir_prompt(args.from_model_dir, args.step, args.variable)
-    gin_dir = args.from_model_dir
+    run_dir = sources.absolute(args.from_model_dir)
+    step = sources.best_step(run_dir) if args.best else args.step
+    prompt, step = sources.model_dir_prompt(run_dir, step, args.variable)
   else:
-    prompt = sources.t5x_prompt(args.from_t5x, args.variable)
-    step = step if step is not None else sources.checkpoint_step(args.from_t5x)
-    gin_dir = str(fs.path(args.from_t5x).parent)
+    ckpt = sources.absolute(args.from_t5x)
+    prompt = sources.t5x_prompt(ckpt, args.variable)
+    if sources.is_run_checkpoint(ckpt):  # MODEL_DIR/best/<step>: its run is two levels up
+      meta = sources.run_checkpoint_meta(ckpt)
+      run_dir = str(fs.path(ckpt).parent.parent)
+      default_step = int(fs.path(ckpt).name)
+    else:
+      run_dir = str(fs.path(ckpt).parent)
+      default_step = sources.checkpoint_step(ckpt)
+    step = step if step is not None else meta.get("step", default_step)
+  run = sources.read_run(run_dir, meta) if run_dir else sources.RunRecord()
   if args.gin_config:
-    gin = fs.path(args.gin_config).read_text()
+    gin = fs.path(sources.absolute(args.gin_config)).read_text()
   else:
-    gin = sources.gin_config(gin_dir) if gin_dir else ""
+    gin = sources.gin_config(run_dir) if run_dir else ""
+  metrics = ({k: _number(k, v) for k, v in args.metrics} if args.metrics
+             else dict(run.scores))
   entry = lib.add(
       args.name, prompt,
-      model=ModelInfo(name=args.model, checkpoint=args.model_checkpoint),
-      embeddings=_embeddings(args), task=args.task,
-      metrics={k: _number(k, v) for k, v in args.metrics},
-      provenance=Provenance(gin_config=gin, step=step), meta=dict(args.meta),
+      model=ModelInfo(name=args.model,
+                      checkpoint=args.model_checkpoint or run.base_checkpoint,
+                      embed_dim=run.embed_dim),
+      embeddings=_embeddings(args), task=args.task or run.task, metrics=metrics,
+      provenance=Provenance(gin_config=gin, step=step), meta={**run.meta(), **dict(args.meta)},
       overwrite=args.overwrite)
   return entry.summary(), (f"added {entry.name!r}: prompt {_shape(entry.prompt_shape)}, "
-                           f"model {entry.model.name}, embeddings "
+                           f"model {entry.model.name}, task {entry.task or '-'}, embeddings "
                            f"{', '.join(entry.embedding_keys) or '(the prompt)'}")
 
 
@@ -249,14 +282,15 @@ def _show(lib: PromptLibrary, args: argparse.Namespace) -> Any:
 
 def _query(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   if bool(args.init) != bool(args.init_out):
-    raise LibraryError("--init and --init-out go together: --init weighted_average "
-                       "--init-out init.npy")
+    raise LibraryUsageError("--init and --init-out go together: --init weighted_average "
+                            "--init-out init.npy")
   query = args.entry or sources.read_npy(args.embedding, "--embedding")
-  ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k)
+  ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k,
+                          prompt_length=args.prompt_length)
   messages = []
   if args.init:
     init = transfer.init_prompt(lib, ranked, args.init)
-    fs.write_bytes(fs.path(args.init_out), encode_array(init),
+    fs.write_bytes(fs.path(sources.absolute(args.init_out)), encode_array(init),
                    local=fs.is_local(args.init_out))
     messages.append(f"wrote {args.init} initialisation {_shape(init.shape)} to {args.init_out}")
   if args.mixture:
@@ -299,21 +333,25 @@ def _heatmap(lib: PromptLibrary, args: argparse.Namespace) -> Any:
 
 def _check(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   problems = lib.check()
-  text = "\n".join(f"{name}: {problem}" for name, problem in problems)
-  payload = [{"name": n, "problem": p} for n, p in problems]
-  return payload, text or f"all {len(lib.names())} entries are valid", 1 if problems else 0
+  repaired = lib.repair()
+  lines = [f"{name}: {problem}" for name, problem in problems + repaired]
+  payload = ([{"name": n, "problem": p, "repaired": False} for n, p in problems] +
+             [{"name": n, "problem": p, "repaired": True} for n, p in repaired])
+  if not problems:
+    lines.append(f"all {len(lib.names())} entries are valid")
+  return payload, "\n".join(lines), errors.EXIT_DATA if problems else 0
 
 
 def _embed(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   from spot.library import embedding  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
   flags = [f for f in args.train_flags if f != "--"]
   if not flags:
-    raise LibraryError("embed needs spot train flags after --, e.g. -- "
+    raise LibraryUsageError("embed needs spot train flags after --, e.g. -- "
                        "--gin_file=spot/gin/models/t5_1_1_base_prompt.gin "
                        "--gin_file=spot/gin/runs/prompt_finetune.gin "
                        "--gin.MIXTURE_OR_TASK_NAME=... --gin.INITIAL_CHECKPOINT_PATH=...")
   if not (args.out or args.query):
-    raise LibraryError("embed writes nothing without --out FILE.npy or --query.")
+    raise LibraryUsageError("embed writes nothing without --out FILE.npy or --query.")
   emb = embedding.compute_task_embedding(flags, args.steps, args.model_dir, args.seed)
   payload: dict[str, Any] = {"shape": list(emb.shape), "steps": args.steps}
   lines = [f"task embedding {_shape(emb.shape)} after {args.steps} steps"]
@@ -333,15 +371,18 @@ def _transfer(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   from spot.library import targeted  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
   flags = [f for f in args.train_flags if f != "--"]
   if not flags:
-    raise LibraryError("transfer needs the target's spot train flags after --.")
+    raise LibraryUsageError("transfer needs the target's spot train flags after --.")
   query = sources.read_npy(args.embedding, "--embedding")
   try:
     runs, chosen = targeted.run_transfer(
         lib, flags, query, mode=args.mode, out_dir=args.out_dir, model=args.model,
         top_k=args.top_k, metric=args.metric, best_metric=args.best_metric,
-        target_task=args.target_task)
+        target_task=args.target_task, prompt_length=args.prompt_length,
+        mixture_cap=args.mixture_cap)
+  except errors.SpotError:
+    raise
   except ValueError as e:
-    raise LibraryError(str(e)) from e
+    raise LibraryUsageError(str(e)) from e
   fmt = lambda v: "-" if v is None else f"{v:.4f}"
   rows = [(r.source, fmt(r.similarity), r.best_step if r.best_step is not None else "-",
            fmt(r.best_value), r.model_dir) for r in runs]
@@ -378,17 +419,17 @@ def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[TextIO] = Non
     return int(e.code or 0)
   if not getattr(args, "library", None):
     print(f"{PROG}: error: pass the library with --library PATH", file=stderr)
-    return 2
+    return errors.EXIT_USAGE
   as_json = getattr(args, "json", False)
-  lib = PromptLibrary(args.library)
+  lib = PromptLibrary(sources.absolute(args.library))
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", LibraryWarning)
     try:
       payload, text, *status = COMMANDS[args.command](lib, args)
-    except LibraryError as e:
+    except errors.SpotError as e:  # typed: one line and its exit code (spot.errors)
       _report(caught, stderr)
-      print(f"{PROG} {args.command}: error: {e}", file=stderr)
-      return 1
+      print(f"{PROG} {args.command}: error: {errors.one_line(str(e))}", file=stderr)
+      return e.exit_code
   _report(caught, stderr)
   print(json.dumps(payload, indent=2) if as_json else text, file=stdout)
   return status[0] if status else 0

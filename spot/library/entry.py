@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 PROMPT_KEY = "prompt"  # the query key of an entry that has no task embedding
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# Model families whose library names read `<family>_[<variant>_]<size>`, e.g.
+# t5_1_1_lm100k_base (spot/gin/models/<family>.gin sets MODEL_FAMILY).
+MODEL_FAMILIES = ("t5_1_0", "t5_1_1", "mt5")
 
 
 def check_name(name: str, what: str = "entry name") -> str:
@@ -54,6 +57,34 @@ class ModelInfo:
   name: str
   checkpoint: str = ""
   embed_dim: Optional[int] = None
+
+
+def family_and_size(model: str) -> tuple[Optional[str], Optional[str]]:
+  """(family, size) of a library model name such as t5_1_1_lm100k_base, else (None, None)."""
+  for family in sorted(MODEL_FAMILIES, key=len, reverse=True):
+    if model.startswith(f"{family}_"):
+      return family, model.rsplit("_", 1)[1]
+  return None, None
+
+
+def check_run_model(entry: "Entry", embed_dim: int, family: Optional[str] = None,
+                    size: Optional[str] = None) -> None:
+  """Refuses an entry trained for another base model than the run's.
+
+  The embed dims must agree; when the run's family and size are known and the
+  entry's model name follows `<family>_[<variant>_]<size>`, they must agree
+  too (a t5_1_1_lm100k_base prompt fits a t5_1_1 base run, not a tiny one).
+  """
+  run = f"{family}_{size}" if family and size else None
+  e_family, e_size = family_and_size(entry.model.name)
+  names_differ = bool(run and e_family) and (e_family, e_size) != (family, size)
+  if entry.model.embed_dim == embed_dim and not names_differ:
+    return
+  raise ModelMismatchError(
+      f"library entry {entry.name!r} is a prompt for base model {entry.model.name!r} (embed "
+      f"dim {entry.model.embed_dim}), but this run's model is {run or 'another one'} (embed "
+      f"dim {embed_dim}); pick an entry of the run's model (spot library list --model "
+      f"{run or 'MODEL'}) or train on the entry's base model.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,10 @@ Given a target task's embedding, the library ranks its source prompts; then:
 - `best_of_top_k`: train k targets, one from each of the top-k sources, and
   keep the one best on validation (the paper's oracle-free selection);
 - `mixture`: train on a multi-task mixture of the top-k source tasks plus the
-  target task, evaluating on the target.
+  target task, evaluating on the target. The tasks are looked up the way the
+  run itself will look them up (its MIXTURE_OR_TASK_MODULE imported, then
+  `spot.tasks`, then, with DATA_DIR, the local-file versions registered), and
+  mixed examples-proportionally as T5 does: rate = min(train examples, cap).
 
 Runs use the same gin flags as `spot train`; this module only adds the
 initialisation, the model_dir of each run and, for `mixture`, the task.
@@ -16,15 +19,19 @@ initialisation, the model_dir of each run and, for `mixture`, the task.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from etils import epath
 
-from spot.library import retrieval, transfer
+from spot.errors import DataError, UsageError
+from spot.library import retrieval, sources, transfer
 from spot.library.store import PromptLibrary
 
 MODES = ("top1", "weighted_average", "best_of_top_k", "mixture")
+DEFAULT_MIXTURE_CAP = 2**19  # T5's examples-proportional limit K
 
 
 @dataclasses.dataclass
@@ -36,6 +43,7 @@ class TransferRun:
   model_dir: str
   best_step: Optional[int]
   best_value: Optional[float]
+  rates: Optional[dict[str, float]] = None  # mixture mode: task -> mixing rate
 
 
 def _best(result: Any) -> tuple[Optional[int], Optional[float]]:
@@ -44,10 +52,102 @@ def _best(result: Any) -> tuple[Optional[int], Optional[float]]:
   return None, None
 
 
+def _macro(name: str) -> Optional[str]:
+  """The value of gin macro `name` in the parsed config (None if unbound or None)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    value = gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return None
+  if isinstance(value, gin.config.ConfigurableReference):  # NAME = %OTHER
+    value = value.scoped_configurable_fn()
+  return None if value is None else str(value)
+
+
+def run_data_settings(train_flags: Sequence[str], extra_bindings: Sequence[str] = ()
+                      ) -> tuple[Optional[str], Optional[str]]:
+  """(MIXTURE_OR_TASK_MODULE, DATA_DIR) of a run's `spot train` flags, as it will see them."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from spot.train import cli  # pylint: disable=g-import-not-at-top
+  args = cli.build_parser("spot train").parse_args(cli.rewrite_gin_args(train_flags))
+  try:
+    cli.parse_gin(list(args.gin_file), list(args.gin_bindings) + list(extra_bindings),
+                  cli._search_paths(args.gin_search_paths))  # pylint: disable=protected-access
+    return _macro("MIXTURE_OR_TASK_MODULE"), _macro("DATA_DIR")
+  finally:
+    gin.clear_config()
+
+
+def _published_size(name: str) -> Optional[int]:
+  """The published train size of a GLUE / SuperGLUE task registered under any prefix."""
+  from spot.tasks import mixtures  # pylint: disable=g-import-not-at-top
+  keys = [k for k in mixtures.NUM_EXAMPLES if name == k or name.endswith(f"_{k}")]
+  return mixtures.NUM_EXAMPLES[max(keys, key=len)] if keys else None
+
+
+def num_train_examples(task: Any, cap: int) -> int:
+  """Training examples of a SeqIO task (up to `cap`), for examples-proportional mixing.
+
+  Local-file tasks (DATA_DIR) are counted from their files; a TFDS task of
+  GLUE / SuperGLUE has its published size (no data read); otherwise seqio's
+  own count (cached statistics or the source's) is used.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if isinstance(task.source, seqio.FunctionDataSource):
+    ds = task.source.get_dataset("train", shuffle=False)
+    n = int(ds.cardinality())
+    if n == int(tf.data.INFINITE_CARDINALITY):
+      return cap
+    if n < 0:
+      n = int(ds.take(cap).reduce(0, lambda count, _: count + 1))
+    return n
+  n = _published_size(task.name)
+  if n is not None:
+    return n
+  try:
+    n = task.num_input_examples("train")
+  except Exception:  # pylint: disable=broad-except  (TFDS metadata may be unreachable)
+    n = None
+  if not n:
+    raise DataError(f"cannot tell how many training examples task {task.name!r} has (needed "
+                    "for examples-proportional mixing); give the run DATA_DIR with its local "
+                    "files, or cache the task (seqio statistics).")
+  return int(n)
+
+
+def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: Optional[str],
+                     cap: int = DEFAULT_MIXTURE_CAP) -> tuple[str, dict[str, float]]:
+  """Registers an examples-proportional SeqIO mixture of `tasks`; returns (name, rates).
+
+  The tasks are resolved as the run will resolve them (spot.train.data.get_task):
+  `module` imported, then spot.tasks, then the DATA_DIR local-file versions.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  from spot.tasks import mixtures  # pylint: disable=g-import-not-at-top
+  from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  data_lib.get_task(tasks[-1], module, data_dir)  # imports and registers; the target must exist
+  registered = set(seqio.TaskRegistry.names())
+  missing = [t for t in tasks if t not in registered]
+  if missing:
+    raise UsageError(f"mixture mode: task(s) {', '.join(missing)} (recorded by the top-k "
+                     "entries, or --target-task) are not registered SeqIO tasks; register them "
+                     "with MIXTURE_OR_TASK_MODULE, or re-add those entries with --task NAME.")
+  rates = {t: mixtures.mixing_rate(num_train_examples(seqio.TaskRegistry.get(t), cap), cap)
+           for t in tasks}
+  digest = hashlib.sha256(json.dumps([module, data_dir, sorted(rates.items())]).encode())
+  name = f"spot_transfer_mix_{digest.hexdigest()[:12]}"
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, list(rates.items()))
+  return name, rates
+
+
 def run_transfer(lib: PromptLibrary, train_flags: Sequence[str], query: np.ndarray, *,
                  mode: str, out_dir: str, model: Optional[str] = None, top_k: int = 3,
                  metric: str = "avg_tokens", best_metric: Optional[str] = None,
-                 target_task: Optional[str] = None) -> tuple[list[TransferRun], TransferRun]:
+                 target_task: Optional[str] = None, prompt_length: Optional[int] = None,
+                 mixture_cap: int = DEFAULT_MIXTURE_CAP
+                 ) -> tuple[list[TransferRun], TransferRun]:
   """Trains target prompt(s) from retrieved sources; returns (all runs, chosen run).
 
   Args:
@@ -62,6 +162,8 @@ def run_transfer(lib: PromptLibrary, train_flags: Sequence[str], query: np.ndarr
     best_metric: validation metric (BEST_METRIC) that picks the best checkpoint
       and, for best_of_top_k, the best run; required for best_of_top_k.
     target_task: the target's SeqIO task (required for `mixture`).
+    prompt_length: only sources whose prompt has this many tokens.
+    mixture_cap: `mixture`: the examples-proportional limit K.
   """
   from spot.train import cli  # JAX, SeqIO: imported only when training
 
@@ -69,21 +171,27 @@ def run_transfer(lib: PromptLibrary, train_flags: Sequence[str], query: np.ndarr
     raise ValueError(f"Unknown transfer mode {mode!r}; choose from {MODES}.")
   if mode == "best_of_top_k" and not best_metric:
     raise ValueError("best_of_top_k needs --best-metric (e.g. accuracy) to pick the best run.")
-  ranked = retrieval.rank(lib, query, model=model, metric=metric, top_k=top_k)
+  if mode == "mixture" and not target_task:
+    raise ValueError("mixture needs --target-task (the SeqIO task of the target).")
+  ranked = retrieval.rank(lib, query, model=model, metric=metric, top_k=top_k,
+                          prompt_length=prompt_length)
   if not ranked:
-    raise ValueError(f"No library entry to transfer from (model {model!r}).")
-  out = epath.Path(out_dir)
+    raise ValueError(f"No library entry to transfer from (model {model!r}"
+                     f"{f', prompt length {prompt_length}' if prompt_length else ''}).")
+  out = epath.Path(sources.absolute(out_dir))
   out.mkdir(parents=True, exist_ok=True)
   common = [f"BEST_METRIC = {best_metric!r}"] if best_metric else []
   runs: list[TransferRun] = []
 
+  def bindings_of(name: str, bindings: Sequence[str]) -> list[str]:
+    return [f"MODEL_DIR = '{out / name}'", f"METHOD = 'spot_{mode}'", *common, *bindings]
+
   def train(name: str, similarity: Optional[float], files: Sequence[str],
             bindings: Sequence[str]) -> TransferRun:
-    model_dir = str(out / name)
-    result = cli.run_with_flags(train_flags, extra_files=files, extra_bindings=[
-        f"MODEL_DIR = '{model_dir}'", f"METHOD = 'spot_{mode}'", *common, *bindings])
+    result = cli.run_with_flags(train_flags, extra_files=files,
+                                extra_bindings=bindings_of(name, bindings))
     step, value = _best(result)
-    run = TransferRun(name, similarity, model_dir, step, value)
+    run = TransferRun(name, similarity, str(out / name), step, value)
     runs.append(run)
     return run
 
@@ -104,16 +212,13 @@ def run_transfer(lib: PromptLibrary, train_flags: Sequence[str], query: np.ndarr
     if not scored:
       raise ValueError(f"No run reported {best_metric!r}; check the metric name.")
     return runs, max(scored, key=lambda r: r.best_value)
-  # mixture
-  import seqio
-  if not target_task:
-    raise ValueError("mixture needs --target-task (the SeqIO task of the target).")
+  # mixture: the source tasks plus the target, resolved as the run resolves them
   tasks = transfer.mixture_tasks(lib, ranked, target_task)
-  name = f"spot_transfer_mix_{abs(hash(tuple(tasks))) % 10**8}"
-  if name in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
-  chosen = train("mixture", None, [], [f"MIXTURE_OR_TASK_NAME = '{name}'",
-                                       f"trainer.EvalConfig.tasks = ['{target_task}']"])
+  eval_binding = f"trainer.EvalConfig.tasks = ['{target_task}']"
+  module, data_dir = run_data_settings(
+      train_flags, bindings_of("mixture", ["MIXTURE_OR_TASK_NAME = 'unused'", eval_binding]))
+  name, rates = register_mixture(tasks, module=module, data_dir=data_dir, cap=mixture_cap)
+  chosen = train("mixture", None, [], [f"MIXTURE_OR_TASK_NAME = '{name}'", eval_binding])
   chosen.source = "+".join(tasks)
+  chosen.rates = rates
   return runs, chosen

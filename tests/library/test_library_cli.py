@@ -91,30 +91,30 @@ def test_add_list_show_query_remove(tmp_path, files, model, make_prompt):
 def test_errors_name_the_fix(tmp_path, files, model):
   lib = str(tmp_path / "lib")
   rc, _, err = run("--library", lib, "list")
-  assert rc == 1 and "no prompt library" in err and "add NAME --prompt" in err
+  assert rc == 3 and "no prompt library" in err and "add NAME --prompt" in err
   rc, _, err = run("list")
   assert rc == 2 and "--library PATH" in err
   ok("--library", lib, "add", "mnli", "--prompt", files["p1"], "--model", model)
   rc, _, err = run("--library", lib, "show", "mnl")
-  assert rc == 1 and "did you mean mnli" in err
+  assert rc == 3 and "did you mean mnli" in err
   rc, _, err = run("--library", lib, "add", "x", "--prompt", files["small"], "--model", model)
-  assert rc == 1 and "another base model" in err
+  assert rc == 3 and "another base model" in err
   bad = tmp_path / "bad.npy"
   np.save(bad, np.ones(8, np.float32))
   rc, _, err = run("--library", lib, "add", "x", "--prompt", bad, "--model", model)
-  assert rc == 1 and "[tokens, embed_dim]" in err
+  assert rc == 3 and "[tokens, embed_dim]" in err
   rc, _, err = run("--library", lib, "add", "x", "--prompt", tmp_path / "nope.npy", "--model",
                    model)
-  assert rc == 1 and "cannot read --prompt" in err
+  assert rc == 3 and "cannot read --prompt" in err
   rc, _, err = run("--library", lib, "add", "mnli", "--prompt", files["p2"], "--model", model)
-  assert rc == 1 and "--overwrite" in err
+  assert rc == 3 and "--overwrite" in err
   ok("--library", lib, "add", "mnli", "--prompt", files["p2"], "--model", model, "--overwrite")
   rc, _, err = run("--library", lib, "query", "--embedding", files["small"])
-  assert rc == 1 and "another base model" in err
+  assert rc == 3 and "another base model" in err
   rc, _, err = run("--library", lib, "query", "--entry", "mnli", "--model", "mt5_base")
-  assert rc == 1 and "belongs to model" in err
+  assert rc == 3 and "belongs to model" in err
   rc, _, err = run("--library", lib, "query", "--entry", "mnli", "--init", "top1")
-  assert rc == 1 and "--init-out" in err
+  assert rc == 2 and "--init-out" in err
 
 
 def test_corrupt_entry_is_warned_and_checked(tmp_path, files, model):
@@ -126,7 +126,7 @@ def test_corrupt_entry_is_warned_and_checked(tmp_path, files, model):
   assert rc == 0 and [e["name"] for e in json.loads(out)] == ["good"]
   assert "warning:" in err and "'bad'" in err and "missing file prompt.npy" in err
   rc, out, _ = run("--library", lib, "check", "--json")
-  assert rc == 1 and json.loads(out)[0]["name"] == "bad"
+  assert rc == 3 and json.loads(out)[0]["name"] == "bad"
   ok("--library", lib, "remove", "bad")
   assert "all 1 entries are valid" in ok("--library", lib, "check")
 
@@ -152,9 +152,9 @@ def test_from_model_dir(tmp_path, model, make_prompt):
   assert stored.prompt("early").tobytes() == make_prompt(100).tobytes()
   rc, _, err = run("--library", lib, "add", "x", "--from-model-dir", run_dir, "--step", "7",
                    "--model", model)
-  assert rc == 1 and "steps 100, 10000, 30000" in err
+  assert rc == 3 and "steps 100, 10000, 30000" in err
   rc, _, err = run("--library", lib, "add", "x", "--from-model-dir", tmp_path, "--model", model)
-  assert rc == 1 and "numpy_checkpoints" in err
+  assert rc == 3 and "numpy_checkpoints" in err
 
 
 def test_from_t5x_reads_one_variable(tmp_path, model, make_prompt, monkeypatch):
@@ -232,3 +232,45 @@ def test_spot_entry_point_on_real_prompts(tmp_path, real_prompts, model):
   for r in ranked:
     assert r["score"] == pytest.approx(want[r["name"]], abs=1e-5)
   assert "mrpc" in spot("list")
+
+
+def test_prompt_length_filters_candidates(tmp_path, make_prompt, model):
+  lib = str(tmp_path / "lib")
+  for name, seed, tokens in [("l5a", 1, 5), ("l5b", 2, 5), ("l3", 3, 3)]:
+    np.save(tmp_path / f"{name}.npy", make_prompt(seed, tokens))
+    ok("--library", lib, "add", name, "--prompt", tmp_path / f"{name}.npy", "--model", model)
+  query = tmp_path / "q.npy"
+  np.save(query, make_prompt(3, 3) + 0.01 * make_prompt(9, 3))  # closest to l3
+  init = tmp_path / "init.npy"
+  rc, _, err = run("--library", lib, "query", "--embedding", query, "--top-k", "3",
+                   "--init", "weighted_average", "--init-out", init)
+  assert rc == 3 and "--prompt-length N" in err and "here 3, 5" in err
+  ranked = json.loads(ok("--library", lib, "query", "--embedding", query, "--top-k", "3",
+                         "--prompt-length", "5", "--init", "weighted_average", "--init-out",
+                         init, "--json"))
+  assert sorted(r["name"] for r in ranked) == ["l5a", "l5b"]
+  stored = PromptLibrary(lib)
+  scores = np.maximum([r["score"] for r in ranked], 0)
+  want = sum(w * stored.prompt(r["name"]).astype(np.float64)
+             for w, r in zip(scores / scores.sum(), ranked))
+  np.testing.assert_allclose(np.load(init), want, rtol=1e-5, atol=1e-6)
+  assert [r["name"] for r in json.loads(ok("--library", lib, "query", "--embedding", query,
+                                           "--prompt-length", "3", "--json"))] == ["l3"]
+
+
+def test_list_json_into_a_closed_pipe_is_quiet(tmp_path, make_prompt, model):
+  """`spot library list --json | head -1` through the console entry point: no traceback."""
+  lib = PromptLibrary(tmp_path / "lib")
+  for i in range(400):
+    lib.add(f"entry_{i:04d}", make_prompt(i % 7), model=model, task="spot_glue_rte")
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run(
+      f"{sys.executable} -m spot.cli library --library {tmp_path / 'lib'} list --json | head -1",
+      shell=True, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.stdout == "[\n"
+  assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+  assert proc.returncode == 0
+  listed = subprocess.run([sys.executable, "-m", "spot.cli", "library", "--library",
+                           str(tmp_path / "lib"), "list", "--json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+  assert len(json.loads(listed.stdout)) == 400
