@@ -6,8 +6,15 @@
 
 `score` reads text files with one example per line (line i of --predictions
 is scored against line i of --targets) and prints a table, or with --json one
-object with keys sp_rouge1, sp_rouge2, sp_rougeL, lid_en, lid_<lang>, ascii.
-With --run-dir it also records the scores as a finished run for `report`.
+object with keys sp_rouge1, sp_rouge2, sp_rougeL, lid_en, lid_<lang>, ascii,
+unk_rate. With --run-dir it also records the scores as a finished run for
+`report`. When --spm leaves more than 1% of the targets' pieces unknown (a
+vocabulary that does not cover --lang), it warns on stderr: SP-ROUGE is then
+inflated.
+
+A failure is one line on stderr, `spot xgen <command>: <what and the fix>`,
+and exit status 2 (usage: flags) or 3 (data: a missing, empty, mismatched or
+malformed input), as spot.errors maps its types.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from etils import epath
 
+from spot import errors
 from spot.xgen import languages
 from spot.xgen import metrics
 from spot.xgen import report
@@ -27,14 +36,21 @@ PROG = "spot xgen"
 
 
 def _read_lines(path: str, what: str) -> list[str]:
+  """The lines of a UTF-8 text file given as `what` (a flag); one example each."""
   file = epath.Path(path)
   if not file.is_file():
-    raise FileNotFoundError(f"{what} file {path} not found (expected text, one example per line)")
+    raise errors.MissingInputError(f"{what} {path}: no such file; pass a UTF-8 text file with "
+                                   "one example per line")
   try:
     text = file.read_text(encoding="utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{what} file {path} is not UTF-8 text ({e})") from e
-  return text.splitlines()
+    raise errors.DataError(f"{what} {path}: not UTF-8 text (byte {e.start}); convert it to "
+                           "UTF-8, one example per line") from e
+  lines = text.splitlines()
+  if not lines:
+    raise errors.DataError(f"{what} {path}: the file is empty; pass one example per line (an "
+                           "empty output is an empty line)")
+  return lines
 
 
 def _parse_meta(items: Sequence[str]) -> dict:
@@ -42,15 +58,16 @@ def _parse_meta(items: Sequence[str]) -> dict:
   for item in items:
     key, sep, value = item.partition("=")
     if not sep or not key:
-      raise ValueError(f"--meta takes KEY=VALUE pairs, got {item!r}")
+      raise errors.UsageError(f"--meta {item!r}: not KEY=VALUE; pass pairs such as "
+                              "--meta size=small method=pt prompt_length=100")
     try:
       meta[key] = json.loads(value)
     except json.JSONDecodeError:
       meta[key] = value
   missing = [k for k in ("size", "method") if k not in meta]
   if missing:
-    raise ValueError(f"--run-dir needs --meta {' '.join(k + '=...' for k in missing)} "
-                     "(e.g. --meta size=small method=pt prompt_length=100)")
+    raise errors.UsageError(f"--run-dir needs --meta {' '.join(k + '=...' for k in missing)} "
+                            "(e.g. --meta size=small method=pt prompt_length=100)")
   return meta
 
 
@@ -62,12 +79,44 @@ def format_table(scores: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
+def _lines(n: int) -> str:
+  return f"{n} line" + ("" if n == 1 else "s")
+
+
+def _check_spm(spm: str) -> None:
+  if "://" not in spm and not epath.Path(spm).is_file():
+    raise errors.MissingInputError(f"--spm {spm}: no such file; pass a SentencePiece .model "
+                                   f"file that covers the language (mT5's is {metrics.MT5_SPM})")
+
+
+def _coverage_warning(warning: metrics.UnknownPiecesWarning, args: argparse.Namespace) -> str:
+  return (f"{PROG} score: warning: --spm {args.spm} does not cover --lang {args.lang}: "
+          f"{warning.rate:.1f}% of the --targets pieces ({warning.unknown} of {warning.total}) "
+          f"are unknown, which inflates SP-ROUGE; pass an --spm that covers {args.lang} "
+          f"(mT5's: {metrics.MT5_SPM})")
+
+
 def _score(args: argparse.Namespace) -> int:
-  languages.check_language(args.lang)
+  if args.lang not in languages.WIKILINGUA_CODES:
+    raise errors.UsageError(f"--lang {args.lang!r}: not a WikiLingua language code; pass one "
+                            f"of {', '.join(languages.WIKILINGUA_CODES)}")
+  meta = _parse_meta(args.meta) if args.run_dir else None
   predictions = _read_lines(args.predictions, "--predictions")
   targets = _read_lines(args.targets, "--targets")
-  meta = _parse_meta(args.meta) if args.run_dir else None
-  scores = metrics.score(predictions, targets, args.lang, args.spm)
+  if len(predictions) != len(targets):
+    raise errors.DataError(
+        f"--predictions {args.predictions} has {_lines(len(predictions))} but --targets "
+        f"{args.targets} has {_lines(len(targets))}; line i of one must pair with line i of "
+        "the other")
+  _check_spm(args.spm)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", metrics.UnknownPiecesWarning)
+    scores = metrics.score(predictions, targets, args.lang, args.spm)
+  for warning in caught:
+    if isinstance(warning.message, metrics.UnknownPiecesWarning):
+      print(_coverage_warning(warning.message, args), file=sys.stderr)
+    else:
+      warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
   if args.json:
     print(json.dumps(scores))
   else:
@@ -81,6 +130,10 @@ def _score(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
   runs, empty = report.find_runs(args.runs)
+  if not runs:
+    raise errors.DataError(f"--runs {' '.join(args.runs)}: no finished runs "
+                           f"({report.SCORES_FILE}) there; a run writes it with "
+                           "spot.xgen.report.write_run_scores or spot xgen score --run-dir")
   for path in empty:
     print(f"{PROG} report: skipping {path}: no finished run ({report.SCORES_FILE}) in it",
           file=sys.stderr)
@@ -117,16 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Entry point of `spot xgen`; returns the exit status."""
+  """Entry point of `spot xgen`; returns the exit status (failures print one
+  line, see spot.errors)."""
   try:
     args = build_parser().parse_args(argv)
   except SystemExit as e:  # --help, or a usage error already printed
     return int(e.code or 0)
-  try:
-    return args.run(args)
-  except (ValueError, TypeError, OSError) as e:
-    print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-    return 2
+  # One line naming the subcommand, e.g. "spot xgen score: --lang 'xx': ...".
+  return errors.run_cli(f"{PROG} {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

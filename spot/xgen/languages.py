@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from spot import errors
+
 # The 18 WikiLingua languages in the paper's order (alphabetical by English
 # name), as (code, GEM/TFDS language name).
 WIKILINGUA_LANGUAGES: tuple[tuple[str, str], ...] = (
@@ -62,10 +64,11 @@ TASK_IDS: dict[str, int] = {
 
 def check_language(code: str, known: Iterable[str] = WIKILINGUA_CODES,
                    what: str = "language code") -> str:
-  """Returns `code` if it is in `known`, else raises a ValueError listing them."""
+  """Returns `code` if it is in `known`, else raises a UsageError (a
+  ValueError) listing them."""
   known = tuple(known)
   if code not in known:
-    raise ValueError(f"unknown {what} {code!r}; known: {', '.join(known)}")
+    raise errors.UsageError(f"unknown {what} {code!r}; known: {', '.join(known)}")
   return code
 
 

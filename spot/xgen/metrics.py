@@ -18,29 +18,51 @@ Conventions: scores are arithmetic means over examples (no bootstrap), times
 100. An empty prediction (nothing but whitespace) scores 0 on every metric. An
 output without any letter (digits or punctuation only) is undetermined for
 cld3 and scores 0 on every LID_lang.
+
+Vocabulary coverage: SP-ROUGE is only meaningful with a vocabulary that covers
+the language. Pieces a model does not know all encode as the one `<unk>`
+piece, and matching `<unk>`s count as overlap: with T5's English vocabulary
+on Vietnamese, 15% of the pieces are `<unk>` and SP-ROUGE-L rises by about
+10 points. `unk_rate` measures the share of unknown pieces in the targets;
+above `UNK_RATE_WARN` percent, SP-ROUGE warns with an `UnknownPiecesWarning`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence, Union
+import warnings
+from typing import Any, Callable, Optional, Sequence, Union
 
 import sentencepiece
 from etils import epath
 from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
 
+from spot import errors
 from spot.xgen import cld3
 from spot.xgen import languages
 
 MT5_SPM = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# Percent of the targets' pieces unknown to the vocabulary above which SP-ROUGE
+# warns that the vocabulary does not cover the language.
+UNK_RATE_WARN = 1.0
 # cld3 reads at most this many bytes of each output (its own upper limit).
 LID_MAX_BYTES = 10000
 
 SentencePieceLike = Union[str, os.PathLike, sentencepiece.SentencePieceProcessor, Any]
 MetricFn = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
+
+
+class UnknownPiecesWarning(UserWarning):
+  """The SentencePiece model does not cover the targets' language: many of
+  their pieces are `<unk>`, which inflates SP-ROUGE."""
+
+  def __init__(self, message: str, *, rate: float, unknown: int, total: int,
+               spm: str, lang: Optional[str]):
+    super().__init__(message)
+    self.rate, self.unknown, self.total, self.spm, self.lang = rate, unknown, total, spm, lang
 
 
 # ---------------------------------------------------------------- input checks
@@ -65,10 +87,11 @@ def check_pairs(predictions: Sequence[Any], targets: Sequence[Any]) -> tuple[lis
   """Validates and decodes paired outputs; raises a ValueError naming both counts."""
   predictions, targets = _texts(predictions, "predictions"), _texts(targets, "targets")
   if len(predictions) != len(targets):
-    raise ValueError(f"got {len(predictions)} predictions but {len(targets)} targets; they must "
-                     "pair up one to one (one example per line, in the same order)")
+    raise errors.DataError(f"got {len(predictions)} predictions but {len(targets)} targets; "
+                           "they must pair up one to one (one example per line, in the same "
+                           "order)")
   if not predictions:
-    raise ValueError("no examples to score: predictions and targets are empty")
+    raise errors.DataError("no examples to score: predictions and targets are empty")
   return predictions, targets
 
 
@@ -84,8 +107,8 @@ def _load_sentencepiece_file(path: str) -> sentencepiece.SentencePieceProcessor:
   model = epath.Path(path)
   is_local = "://" not in path
   if is_local and not model.is_file():
-    raise FileNotFoundError(f"SentencePiece model {path!r} not found; pass the path of a "
-                            f".model file (mT5's is {MT5_SPM})")
+    raise errors.MissingInputError(f"SentencePiece model {path!r} not found; pass the path of "
+                                   f"a .model file (mT5's is {MT5_SPM})")
   try:
     proto = model.read_bytes()
   except Exception as e:  # gs:// without credentials or network, permissions, ...
@@ -95,8 +118,8 @@ def _load_sentencepiece_file(path: str) -> sentencepiece.SentencePieceProcessor:
   try:
     processor.LoadFromSerializedProto(proto)
   except Exception as e:
-    raise ValueError(f"{path!r} is not a SentencePiece model ({e}); pass a .model file "
-                     "written by the sentencepiece trainer") from e
+    raise errors.DataError(f"{path!r} is not a SentencePiece model ({e}); pass a .model file "
+                           "written by the sentencepiece trainer") from e
   return processor
 
 
@@ -113,6 +136,50 @@ def load_sentencepiece(spm: SentencePieceLike = MT5_SPM) -> sentencepiece.Senten
                   f"seqio.SentencePieceVocabulary, not {type(spm).__name__}")
 
 
+def _spm_name(spm: SentencePieceLike) -> str:
+  if isinstance(spm, (str, os.PathLike)):
+    return os.fspath(spm)
+  if hasattr(spm, "sentencepiece_model_file"):
+    return str(spm.sentencepiece_model_file)
+  return "the given SentencePiece model"
+
+
+def unknown_pieces(texts: Sequence[str], spm: SentencePieceLike = MT5_SPM) -> tuple[int, int]:
+  """(unknown, total): how many of the texts' pieces are `<unk>` under `spm`."""
+  processor = load_sentencepiece(spm)
+  unk = processor.unk_id()
+  unknown = total = 0
+  for text in _texts(texts, "texts"):
+    ids = processor.encode(text)
+    total += len(ids)
+    unknown += sum(1 for i in ids if i == unk)
+  return unknown, total
+
+
+def unk_rate(texts: Sequence[str], spm: SentencePieceLike = MT5_SPM) -> float:
+  """Percent (0-100) of the texts' SentencePiece pieces that are `<unk>`; 0 for no pieces."""
+  unknown, total = unknown_pieces(texts, spm)
+  return 100.0 * unknown / total if total else 0.0
+
+
+def check_coverage(targets: Sequence[str], spm: SentencePieceLike = MT5_SPM,
+                   lang: Optional[str] = None, threshold: float = UNK_RATE_WARN) -> float:
+  """The targets' unknown-piece rate (percent); warns (UnknownPiecesWarning)
+  above `threshold`, since SP-ROUGE then matches `<unk>` against `<unk>`."""
+  unknown, total = unknown_pieces(targets, spm)
+  rate = 100.0 * unknown / total if total else 0.0
+  if rate > threshold:
+    name = _spm_name(spm)
+    where = f" for language {lang!r}" if lang else ""
+    cover = f"covers {lang!r}" if lang else "covers the language"
+    warnings.warn(UnknownPiecesWarning(
+        f"{rate:.1f}% of the target pieces ({unknown} of {total}) are unknown to the "
+        f"SentencePiece model {name}{where}; SP-ROUGE counts matching unknown pieces as "
+        f"overlap and is inflated: use a model that {cover} (mT5's: {MT5_SPM})",
+        rate=rate, unknown=unknown, total=total, spm=name, lang=lang), stacklevel=3)
+  return rate
+
+
 class PieceTokenizer(rouge_tokenizers.Tokenizer):
   """rouge-score tokenizer returning the SentencePiece pieces of a text, as is
   (no lowercasing, no stemming, the "▁" word-start marker kept)."""
@@ -125,13 +192,21 @@ class PieceTokenizer(rouge_tokenizers.Tokenizer):
 
 
 def sp_rouge(predictions: Sequence[str], targets: Sequence[str],
-             spm: SentencePieceLike = MT5_SPM) -> dict[str, float]:
+             spm: SentencePieceLike = MT5_SPM, lang: Optional[str] = None) -> dict[str, float]:
   """Mean ROUGE-1/2/L F-measure (x100) over SentencePiece pieces.
 
   Returns `{"sp_rouge1", "sp_rouge2", "sp_rougeL"}`; ROUGE-L is the paper's
-  headline SP-ROUGE.
+  headline SP-ROUGE. Warns (UnknownPiecesWarning) when `spm` leaves more than
+  UNK_RATE_WARN percent of the targets' pieces unknown; `lang` only names
+  the language in that warning.
   """
   predictions, targets = check_pairs(predictions, targets)
+  check_coverage(targets, spm, lang)
+  return _sp_rouge(predictions, targets, spm)
+
+
+def _sp_rouge(predictions: list[str], targets: list[str],
+              spm: SentencePieceLike) -> dict[str, float]:
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES),
                                     tokenizer=PieceTokenizer(load_sentencepiece(spm)))
   totals = dict.fromkeys(ROUGE_TYPES, 0.0)
@@ -164,7 +239,7 @@ def detect_languages(texts: Sequence[str],
 def _lid_from_detected(detected: Sequence[tuple[str, float]], lang: str) -> float:
   target = languages.CLD3_CODES[languages.check_language(lang)]
   if not detected:
-    raise ValueError("no predictions to score")
+    raise errors.DataError("no predictions to score")
   return 100.0 * sum(p for code, p in detected if code == target) / len(detected)
 
 
@@ -189,7 +264,7 @@ def ascii_score(predictions: Sequence[str]) -> float:
   """ASCII (x100): mean share of ASCII characters per output."""
   predictions = _texts(predictions, "predictions")
   if not predictions:
-    raise ValueError("no predictions to score")
+    raise errors.DataError("no predictions to score")
   return sum(0.0 if _is_empty(p) else ascii_share(p) for p in predictions) / len(predictions)
 
 
@@ -198,7 +273,7 @@ def ascii_score(predictions: Sequence[str]) -> float:
 
 def score_keys(lang: str) -> tuple[str, ...]:
   """The keys `score` returns for `lang`, in order."""
-  keys = ("sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", f"lid_{lang}", "ascii")
+  keys = ("sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", f"lid_{lang}", "ascii", "unk_rate")
   return tuple(dict.fromkeys(keys))
 
 
@@ -207,26 +282,33 @@ def score(predictions: Sequence[str], targets: Sequence[str], lang: str,
   """Every xGen metric for outputs meant to be in `lang`.
 
   Returns `sp_rouge1`, `sp_rouge2`, `sp_rougeL`, `lid_en`, `lid_<lang>` and
-  `ascii` (one `lid_en` when `lang` is "en"), all on a 0-100 scale.
+  `ascii` (one `lid_en` when `lang` is "en"), all on a 0-100 scale, and
+  `unk_rate`: the percent of the targets' pieces unknown to `spm` (not a
+  quality score: above UNK_RATE_WARN it warns that SP-ROUGE is inflated).
   """
   languages.check_language(lang)
   predictions, targets = check_pairs(predictions, targets)
-  result = sp_rouge(predictions, targets, spm)
+  rate = check_coverage(targets, spm, lang)
+  result = _sp_rouge(predictions, targets, spm)
   detected = detect_languages(predictions)
   for code in dict.fromkeys(("en", lang)):
     result[f"lid_{code}"] = _lid_from_detected(detected, code)
   result["ascii"] = ascii_score(predictions)
+  result["unk_rate"] = rate
   return {key: result[key] for key in score_keys(lang)}
 
 
 # ------------------------------------------------------ SeqIO metric functions
 
 
-def sp_rouge_metric(spm: SentencePieceLike = MT5_SPM) -> MetricFn:
-  """SeqIO metric `fn(targets, predictions)` for SP-ROUGE; loads `spm` lazily."""
+def sp_rouge_metric(spm: SentencePieceLike = MT5_SPM, lang: Optional[str] = None) -> MetricFn:
+  """SeqIO metric `fn(targets, predictions)` for SP-ROUGE; loads `spm` lazily.
+  It warns as `sp_rouge` does when `spm` does not cover the targets (`lang`
+  names their language in the warning); `unk_rate` is not returned, so task
+  scores stay means of quality metrics."""
 
   def sp_rouge_fn(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    return sp_rouge(predictions, targets, spm)
+    return sp_rouge(predictions, targets, spm, lang)
 
   return sp_rouge_fn
 
@@ -257,7 +339,7 @@ def xgen_metrics(lang: str, spm: SentencePieceLike = MT5_SPM) -> list[MetricFn]:
   """The metric functions of a task whose outputs should be in `lang`:
   SP-ROUGE, LID_en, LID_<lang> and ASCII (together, `score`'s keys)."""
   languages.check_language(lang)
-  fns = [sp_rouge_metric(spm), lid_metric("en")]
+  fns = [sp_rouge_metric(spm, lang), lid_metric("en")]
   if lang != "en":
     fns.append(lid_metric(lang))
   return fns + [ascii_metric()]

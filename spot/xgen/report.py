@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from etils import epath
 
+from spot import errors
 from spot.xgen import languages
 
 SCORES_FILE = "xgen_scores.json"
@@ -68,18 +69,19 @@ class Run:
 
 def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> dict:
   if not isinstance(scores, Mapping) or not scores:
-    raise ValueError(f"{where}: scores must map language codes to score dicts, got {scores!r}")
+    raise errors.DataError(f"{where}: scores must map language codes to score dicts, got "
+                           f"{scores!r}")
   checked = {}
   for lang, values in scores.items():
     languages.check_language(lang)
     needed = REQUIRED_SCORES + (f"lid_{lang}",)
     missing = [k for k in needed if k not in values]
     if missing:
-      raise ValueError(f"{where}: scores for {lang!r} lack {missing}; pass the dict that "
-                       "spot.xgen.metrics.score returns")
+      raise errors.DataError(f"{where}: scores for {lang!r} lack {missing}; pass the dict that "
+                             "spot.xgen.metrics.score returns")
     for k, v in values.items():
       if not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{where}: {lang}.{k} = {v!r} is not a finite number")
+        raise errors.DataError(f"{where}: {lang}.{k} = {v!r} is not a finite number")
     checked[lang] = {k: float(v) for k, v in values.items()}
   return checked
 
@@ -140,8 +142,8 @@ def write_run_scores(run_dir: PathLike, scores: Mapping[str, Mapping[str, float]
     merged = _read_json(path)
     for key in META_KEYS:
       if merged.get(key) != header[key]:
-        raise ValueError(f"{path} holds {key}={merged.get(key)!r}, not {header[key]!r}; write "
-                         "each run to its own directory")
+        raise errors.UsageError(f"{path} holds {key}={merged.get(key)!r}, not {header[key]!r}; "
+                                "write each run to its own directory")
   merged.update(header)
   merged["scores"] = {**merged.get("scores", {}), **scores}
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,9 +158,11 @@ def _read_json(path: epath.Path) -> dict:
   try:
     data = json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); rewrite it with write_run_scores") from e
+    raise errors.DataError(f"{path} is not valid JSON ({e}); rewrite it with "
+                           "spot.xgen.report.write_run_scores or remove it") from e
   if not isinstance(data, dict):
-    raise ValueError(f"{path} must hold a JSON object")
+    raise errors.DataError(f"{path} must hold a JSON object; rewrite it with "
+                           "spot.xgen.report.write_run_scores or remove it")
   return data
 
 
@@ -166,11 +170,12 @@ def read_run(run_dir: PathLike) -> Run:
   """The finished run in `run_dir`; raises if `xgen_scores.json` is missing or bad."""
   path = epath.Path(run_dir) / SCORES_FILE
   if not path.exists():
-    raise FileNotFoundError(f"{run_dir} is not a finished run: it has no {SCORES_FILE}")
+    raise errors.MissingInputError(f"{run_dir} is not a finished run: it has no {SCORES_FILE}")
   data = _read_json(path)
   missing = [k for k in ("size", "method", "scores") if k not in data]
   if missing:
-    raise ValueError(f"{path} lacks {missing}; write it with spot.xgen.report.write_run_scores")
+    raise errors.DataError(f"{path} lacks {missing}; write it with "
+                           "spot.xgen.report.write_run_scores")
   meta = {k: v for k, v in data.items() if k not in META_KEYS + ("scores",)}
   length = data.get("prompt_length")
   return Run(path=str(epath.Path(run_dir)), size=str(data["size"]), method=str(data["method"]),
@@ -189,7 +194,8 @@ def find_runs(paths: Iterable[PathLike]) -> tuple[list[Run], list[str]]:
   for given in paths:
     root = epath.Path(given)
     if not root.exists():
-      raise FileNotFoundError(f"{given} does not exist")
+      raise errors.MissingInputError(f"--runs {given}: no such directory; pass run directories "
+                                     f"(holding {SCORES_FILE}) or folders of them")
     files = [root / SCORES_FILE] if (root / SCORES_FILE).exists() else sorted(
         f for depth in range(1, SEARCH_DEPTH + 1)
         for f in root.glob("/".join(["*"] * depth + [SCORES_FILE])))
@@ -340,8 +346,8 @@ def plot(runs: Sequence[Run], path: PathLike) -> epath.Path:
 def write_report(runs: Sequence[Run], out_dir: PathLike) -> dict[str, epath.Path]:
   """Writes `report.md`, `report.csv` and `sp_rouge_vs_lid.png` into `out_dir`."""
   if not runs:
-    raise ValueError("no finished runs to report; a finished run is a directory holding "
-                     f"{SCORES_FILE} (see spot.xgen.report.write_run_scores)")
+    raise errors.DataError("no finished runs to report; a finished run is a directory holding "
+                           f"{SCORES_FILE} (see spot.xgen.report.write_run_scores)")
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = {"markdown": out / "report.md", "csv": out / "report.csv",

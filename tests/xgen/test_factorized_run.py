@@ -77,7 +77,9 @@ def test_factorized_prompts_train_recombine_score_report(shared_data, spm_model,
   assert rows and all(r["prompt_inputs"] == {"language_id": th, "task_id": summ} for r in rows)
 
   scores = score([r["prediction"] for r in rows], [r["targets"] for r in rows], "th", spm_model)
-  assert set(scores) == {"sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_th", "ascii"}
+  assert set(scores) == {"sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_th", "ascii",
+                         "unk_rate"}
+  assert scores["unk_rate"] == 0.0  # the multilingual model covers Thai (byte fallback)
   xreport.write_run_scores(str(tmp_path / "run"), {"th": scores}, size="tiny",
                            method="factorized", prompt_length=4)
   from spot.xgen.cli import main as xgen_main

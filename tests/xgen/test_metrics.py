@@ -6,6 +6,7 @@ import collections
 import csv
 import itertools
 import json
+import warnings
 
 import pytest
 import sentencepiece
@@ -104,17 +105,18 @@ def test_empty_prediction_scores_zero(shared_data, spm_model):
   for key in full:
     assert partial[key] == pytest.approx(alone[key] * 3 / 4), key
   assert metrics.score([""], ["Hallo Welt"], "de", spm_model) == dict.fromkeys(
-      ("sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_de", "ascii"), 0.0)
+      ("sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_de", "ascii", "unk_rate"), 0.0)
 
 
 def test_score_keys_and_scale(shared_data, spm_model):
   predictions, targets = stsb_pairs(shared_data, "ru", n=10)
   scores = metrics.score(predictions, targets, "ru", spm_model)
-  assert list(scores) == ["sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_ru", "ascii"]
+  assert list(scores) == ["sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "lid_ru", "ascii",
+                          "unk_rate"]
   assert all(0 <= v <= 100 for v in scores.values())
   assert scores["lid_ru"] > 50 and scores["lid_en"] < 5
   assert list(metrics.score(predictions, targets, "en", spm_model)) == [
-      "sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "ascii"]
+      "sp_rouge1", "sp_rouge2", "sp_rougeL", "lid_en", "ascii", "unk_rate"]
 
 
 # -------------------------------------------------------------------- bad input
@@ -220,7 +222,66 @@ def test_seqio_metric_functions(shared_data, spm_model):
   merged = {}
   for fn in fns:
     merged.update(fn(targets, predictions))
-  assert merged == pytest.approx(metrics.score(predictions, targets, "ja", spm_model))
+  expected = metrics.score(predictions, targets, "ja", spm_model)
+  assert expected.pop("unk_rate") == 0  # not a SeqIO metric: task scores stay quality means
+  assert merged == pytest.approx(expected)
   assert len(metrics.xgen_metrics("en", spm_model)) == 3
   with pytest.raises(ValueError, match="2 predictions but 1 targets"):
     metrics.lid_metric("ja")(["a"], ["b", "c"])
+
+
+# --------------------------------------------------------- vocabulary coverage
+
+
+def t5_vocab(shared_data):
+  path = shared_data / "t5_vocab" / "spiece.model"
+  if not path.is_file():
+    pytest.skip(f"needs the English T5 vocabulary at {path}")
+  return str(path)
+
+
+def vietnamese(shared_data) -> tuple[list[str], list[str]]:
+  """(predictions, targets): unrelated Vietnamese Tatoeba sentences (WikiLingua's
+  Vietnamese sample is held out)."""
+  path = shared_data / "multilingual_text" / "tatoeba_laser_v1" / "tatoeba.vie-eng.vie"
+  if not path.is_file():
+    pytest.skip(f"needs Vietnamese text at {path}")
+  lines = path.read_text(encoding="utf-8").splitlines()
+  return lines[20:40], lines[:20]
+
+
+def test_english_vocabulary_on_vietnamese_warns_and_reports_the_rate(shared_data, spm_model):
+  t5 = t5_vocab(shared_data)
+  predictions, targets = vietnamese(shared_data)
+  assert metrics.unknown_pieces(targets, t5) == (84, 544)
+  assert metrics.unk_rate(targets, t5) == pytest.approx(100 * 84 / 544)
+  with pytest.warns(metrics.UnknownPiecesWarning,
+                    match=r"^15\.4% of the target pieces \(84 of 544\) are unknown to the "
+                    r"SentencePiece model .*t5_vocab/spiece\.model for language 'vi'") as caught:
+    inflated = metrics.score(predictions, targets, "vi", t5)
+  assert len(caught) == 1 and caught[0].message.rate == pytest.approx(100 * 84 / 544)
+  assert inflated["unk_rate"] == pytest.approx(15.4412, abs=1e-4)
+  # Matching <unk> pieces count as overlap: SP-ROUGE-L rises by about 10 points.
+  assert inflated["sp_rougeL"] == pytest.approx(30.79, abs=0.01)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", metrics.UnknownPiecesWarning)
+    covered = metrics.score(predictions, targets, "vi", spm_model)
+  assert covered["unk_rate"] == 0.0
+  assert covered["sp_rougeL"] < inflated["sp_rougeL"] - 10
+
+
+def test_coverage_warning_threshold_and_the_seqio_metric(shared_data):
+  t5 = t5_vocab(shared_data)
+  predictions, targets = vietnamese(shared_data)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", metrics.UnknownPiecesWarning)
+    assert metrics.check_coverage(targets, t5, "vi", threshold=15.5) == pytest.approx(15.4412,
+                                                                                     abs=1e-4)
+    english = tatoeba(shared_data, "tatoeba.deu-eng.eng", 20)
+    assert metrics.score(english, english, "en", t5)["unk_rate"] == 0.0  # T5 covers English
+  with pytest.warns(metrics.UnknownPiecesWarning, match="for language 'vi'"):
+    result = metrics.xgen_metrics("vi", t5)[0](targets, predictions)
+  assert list(result) == ["sp_rouge1", "sp_rouge2", "sp_rougeL"]
+  rows = wikilingua_rows(shared_data, "wiki_lingua_thai_th.jsonl")
+  with pytest.warns(metrics.UnknownPiecesWarning, match=r"^32\.5% .* \(39 of 120\)"):
+    metrics.sp_rouge([r["src_th"][:200] for r in rows], [r["tgt_th"] for r in rows], t5)

@@ -72,7 +72,7 @@ def test_find_runs_searches_folders_and_reports_empty_ones(tmp_path):
   assert len(runs) == 4 and empty == [str(tmp_path / "unfinished")]
   runs, _ = report.find_runs([tmp_path / "runs" / "small_pt"])
   assert [r.method for r in runs] == ["pt"]
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(FileNotFoundError, match="no such directory"):
     report.find_runs([tmp_path / "nope"])
 
 
