@@ -377,6 +377,31 @@ def rows_to_dataset(rows: list[Row], path: str) -> tf.data.Dataset:
   return tf.data.Dataset.from_tensor_slices({k: _column([r[k] for r in rows]) for k in rows[0]})
 
 
+class LocalDataSource(seqio.FunctionDataSource):
+  """A `FunctionDataSource` whose `splits` are those with a file.
+
+  The files are looked for on the first use of `splits` (a mixture asking
+  which members have a "train" split, evaluation asking which have its
+  split), so registering reads nothing and a mixture over partial local data
+  trains and evaluates on the tasks whose files exist. Reading a split with no
+  file still fails with the list of paths tried.
+  """
+
+  def __init__(self, dataset_fn: Callable[..., tf.data.Dataset], data_dirs: Sequence[str],
+               layout: LocalLayout):
+    super().__init__(dataset_fn, splits=tuple(layout.split_files))
+    self._data_dirs, self._layout = tuple(data_dirs), layout
+    self._present: Optional[tuple[str, ...]] = None
+
+  @property
+  def splits(self) -> Sequence[str]:
+    if self._present is None:
+      self._present = tuple(
+          split for split in self._layout.split_files
+          if any(tf.io.gfile.exists(p) for p in self._layout.candidates(self._data_dirs, split)))
+    return self._present
+
+
 def local_source(data_dirs: Sequence[str], layout: LocalLayout,
                  reader: Callable[[str], list[Row]], task_name: str) -> seqio.DataSource:
   """A source reading `layout`'s files with `reader` when a split is requested."""
@@ -386,7 +411,7 @@ def local_source(data_dirs: Sequence[str], layout: LocalLayout,
     path = find_split_file(data_dirs, layout, split, task_name)
     return rows_to_dataset(reader(path), path)
 
-  return seqio.FunctionDataSource(dataset_fn, splits=tuple(layout.split_files))
+  return LocalDataSource(dataset_fn, data_dirs, layout)
 
 
 def label_id(value: Any, label_names: Optional[Sequence[str]]) -> int:
@@ -436,7 +461,41 @@ def register_specs(specs: Mapping[str, TaskSpec], benchmark: str, *, data_dir: D
       source = tfds_source(spec.tfds_name, spec.tfds_splits, tfds_data_dir)
     names.append(register_task(name, source, spec.text_preprocessor(), vocab,
                                spec.postprocessor(), metrics.metric_fns(key)))
+    _REGISTRATIONS[name] = _Registration(spec, data_dirs, tfds_data_dir)
   return names
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registration:
+  """How a name was last registered by `register_specs` (to change only its vocabulary)."""
+
+  spec: Any
+  data_dirs: tuple[str, ...]
+  tfds_data_dir: Optional[str]
+
+
+_REGISTRATIONS: dict[str, _Registration] = {}
+
+
+def use_vocabulary(names: Sequence[str], vocabulary: VocabularyLike) -> list[str]:
+  """Re-registers the named `register_specs` tasks with `vocabulary`, keeping
+  their sources (TFDS or local files); returns the names that changed.
+
+  A task already on an equal vocabulary (same SentencePiece file and extra
+  ids; compared without loading either file) is left alone.
+  """
+  vocab = get_vocabulary(vocabulary)
+  changed = []
+  for name in names:
+    reg = _REGISTRATIONS.get(name)
+    if reg is None or registered_vocabulary(name) == vocab:
+      continue
+    prefix = name[: -len(reg.spec.key) - 1]
+    register_specs({reg.spec.key: reg.spec}, "", data_dir=reg.data_dirs or None,
+                   vocabulary=vocab, name_prefix=prefix, tfds_data_dir=reg.tfds_data_dir,
+                   tasks=None)
+    changed.append(name)
+  return changed
 
 
 def local_task_keys(specs: Mapping[str, TaskSpec], data_dir: DataDirs,

@@ -191,12 +191,14 @@ def register_glue(data_dir: common.DataDirs = None, vocabulary: common.Vocabular
                                name_prefix=name_prefix, tfds_data_dir=tfds_data_dir, tasks=tasks)
 
 
-def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue") -> list[str]:
+def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue",
+                   vocabulary: common.VocabularyLike = None) -> list[str]:
   """The DATA_DIR hook of `spot.tasks.register_local`.
 
   Re-registers, under their usual names, the GLUE tasks whose files exist in
-  `data_dir` or its `glue/` sub-folder; the others keep reading TFDS. Each
-  task keeps the vocabulary it was registered with.
+  `data_dir` or its `glue/` sub-folder; the others keep reading TFDS. They
+  tokenize with `vocabulary` (the model's, SPM_PATH) when given, else with
+  the vocabulary they were registered with.
 
   Returns:
     The names now reading local files.
@@ -204,8 +206,15 @@ def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_glue") ->
   roots, keys = common.local_task_keys(GLUE_TASKS, data_dir, ("glue", "GLUE"))
   if not keys:
     return []
-  return register_glue(roots, common.registered_vocabulary(f"{name_prefix}_{keys[0]}"),
-                       name_prefix, tasks=keys)
+  vocab = vocabulary or common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
+  return register_glue(roots, vocab, name_prefix, tasks=keys)
+
+
+def use_vocabulary(vocabulary: common.VocabularyLike, name_prefix: str = "spot_glue"
+                   ) -> list[str]:
+  """The SPM_PATH hook of `spot.tasks.use_vocabulary`: every GLUE task under
+  `name_prefix` tokenizes with `vocabulary`, keeping its source."""
+  return common.use_vocabulary([f"{name_prefix}_{key}" for key in GLUE_TASKS], vocabulary)
 
 
 GLUE_TASK_NAMES = register_glue()

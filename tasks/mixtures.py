@@ -128,7 +128,7 @@ def mixture_rates(name: str) -> dict[str, float]:
   return {task.name: mixture.get_rate(task) for task in mixture.tasks}
 
 
-def register_local(data_dir: str) -> list[str]:
+def register_local(data_dir: str, vocabulary: Optional[seqio.Vocabulary] = None) -> list[str]:
   """The DATA_DIR hook of `spot.tasks.register_local`: rebuilds the default
   mixtures over the tasks as they are now registered (the GLUE / SuperGLUE
   hooks, which run first, may have pointed some at local files).
@@ -136,7 +136,16 @@ def register_local(data_dir: str) -> list[str]:
   Returns:
     [] — a mixture reads no files itself.
   """
-  del data_dir
+  del data_dir, vocabulary
+  register_spot_mixtures()
+  return []
+
+
+def use_vocabulary(vocabulary: seqio.Vocabulary) -> list[str]:
+  """The SPM_PATH hook of `spot.tasks.use_vocabulary`: rebuilds the default
+  mixtures over the re-registered tasks. Returns [] (a mixture has no
+  vocabulary of its own)."""
+  del vocabulary
   register_spot_mixtures()
   return []
 

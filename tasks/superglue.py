@@ -162,20 +162,32 @@ def register_superglue(data_dir: common.DataDirs = None,
                                tfds_data_dir=tfds_data_dir, tasks=tasks)
 
 
-def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_superglue") -> list[str]:
+def register_local(data_dir: common.DataDirs, name_prefix: str = "spot_superglue",
+                   vocabulary: common.VocabularyLike = None) -> list[str]:
   """The DATA_DIR hook of `spot.tasks.register_local`.
 
   Re-registers, under their usual names, the SuperGLUE tasks whose files exist
   in `data_dir` or its `superglue/` sub-folder; the others keep reading TFDS.
-  Each task keeps the vocabulary it was registered with.
+  They tokenize with `vocabulary` (the model's, SPM_PATH) when given, else
+  with the vocabulary they were registered with.
 
   Returns:
     The names now reading local files.
   """
   roots, keys = common.local_task_keys(SUPERGLUE_TASKS, data_dir,
                                        ("superglue", "SuperGLUE", "super_glue"))
-  vocab = common.registered_vocabulary(f"{name_prefix}_{keys[0]}") if keys else None
-  return register_superglue(roots, vocab, name_prefix, tasks=keys) if keys else []
+  if not keys:
+    return []
+  vocab = vocabulary or common.registered_vocabulary(f"{name_prefix}_{keys[0]}")
+  return register_superglue(roots, vocab, name_prefix, tasks=keys)
+
+
+def use_vocabulary(vocabulary: common.VocabularyLike, name_prefix: str = "spot_superglue"
+                   ) -> list[str]:
+  """The SPM_PATH hook of `spot.tasks.use_vocabulary`: every SuperGLUE task
+  under `name_prefix` tokenizes with `vocabulary`, keeping its source."""
+  return common.use_vocabulary([f"{name_prefix}_{key}" for key in SUPERGLUE_TASKS],
+                               vocabulary)
 
 
 SUPERGLUE_TASK_NAMES = register_superglue()

@@ -290,22 +290,24 @@ def register_factorized(name_prefix: str = "") -> list[str]:
 
 
 def register_local(data_dir: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-                   name_prefix: str = "") -> list[str]:
+                   name_prefix: str = "", vocabulary: Optional[seqio.Vocabulary] = None
+                   ) -> list[str]:
   """The DATA_DIR hook of `spot.tasks.register_local`.
 
   Re-registers, under their usual names, the WikiLingua languages whose JSONL
   file and the unsupervised tasks whose Tatoeba text exists under `data_dir`
   (or several folders, the first holding a file wins; sub-folders as in
   `spot.xgen.sources`), keeping each task's vocabulary; the others keep
-  reading TFDS. The mixtures are rebuilt over the result.
+  reading TFDS. With `vocabulary` (the model's, SPM_PATH) they tokenize with
+  it instead. The mixtures are rebuilt over the result.
 
   Returns:
     The names now reading local files, plus the rebuilt mixtures.
   """
   dirs = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
   english = f"{name_prefix}wikilingua_en"
-  vocabulary = (seqio.TaskRegistry.get(english).output_features["targets"].vocabulary
-                if english in seqio.TaskRegistry.names() else None)
+  if vocabulary is None and english in seqio.TaskRegistry.names():
+    vocabulary = seqio.TaskRegistry.get(english).output_features["targets"].vocabulary
   names: list[str] = []
   summaries, texts = set(), set()
   for folder in map(os.fspath, dirs):
@@ -324,6 +326,27 @@ def register_local(data_dir: Union[str, os.PathLike, Sequence[Union[str, os.Path
     names += register_factorized(name_prefix)
     names += register_mix_unsup(None, DEFAULT_MIX_RATE, name_prefix)
   return list(dict.fromkeys(names))
+
+
+def use_vocabulary(vocabulary: seqio.Vocabulary, name_prefix: str = "") -> list[str]:
+  """The SPM_PATH hook of `spot.tasks.use_vocabulary`.
+
+  The TFDS-sourced xGen tasks are registered again with `vocabulary` (and
+  SP-ROUGE with its SentencePiece model) unless they already use it; tasks
+  read from local files keep theirs (register them with DATA_DIR and the
+  vocabulary together).
+
+  Returns:
+    The names registered again ([] when nothing changed).
+  """
+  english = f"{name_prefix}wikilingua_en"
+  if english not in seqio.TaskRegistry.names():
+    return []
+  task = seqio.TaskRegistry.get(english)
+  if (task.output_features["targets"].vocabulary == vocabulary
+      or not isinstance(task.source, seqio.TfdsDataSource)):
+    return []
+  return register_all(None, vocabulary, name_prefix=name_prefix)
 
 
 register_all()

@@ -177,6 +177,44 @@ def config_names() -> list[str]:
   return names
 
 
+# The fields parameter shapes fix (spot.checkpoints.infer_config reads them);
+# the others (relative_attention_max_distance, dropout, dtype, ...) leave no
+# trace in a checkpoint's shapes.
+SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+                "num_encoder_layers", "num_decoder_layers", "mlp_activations",
+                "logits_via_embedding", "relative_attention_num_buckets")
+
+
+def shape_fields(config: T5Config) -> dict[str, Any]:
+  """The `SHAPE_FIELDS` of `config`: what two configs must share to load the same weights."""
+  return {f: getattr(config, f) for f in SHAPE_FIELDS}
+
+
+def match_config(config: T5Config) -> str | None:
+  """The published config ("t5_1_1_tiny", "mt5_base", ...) with `config`'s shapes, or None.
+
+  Shapes cannot tell `relative_attention_max_distance`; a checkpoint of a
+  published size takes that size's value (e.g. 8 for the tiny test config,
+  128 otherwise) from `get_config(match_config(inferred))`.
+  """
+  fields = shape_fields(config)
+  for name in config_names():
+    if shape_fields(get_config(name)) == fields:
+      return name
+  return None
+
+
+def family_and_size(config: T5Config) -> tuple[str, str]:
+  """(family, size) of the published config with `config`'s shapes, else (family, "custom")."""
+  name = match_config(config)
+  if name:
+    family, _, size = name.rpartition("_")
+    return family, size
+  if config.logits_via_embedding or tuple(config.mlp_activations) == ("relu",):
+    return "t5_1_0", "custom"
+  return ("mt5" if config.vocab_size == MT5_VOCAB else "t5_1_1"), "custom"
+
+
 def size_name(config: T5Config) -> str:
   """The published size whose shapes `config` has ("base", "xl", ...), else "custom"."""
   for name in config_names():

@@ -34,7 +34,8 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
       (scores then also go to `output_dir/xgen_scores.json`).
   """
   partitioner = partitioner or partitioning_lib.Partitioner.create()
-  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir)
+  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir,
+                    dataset_cfg.vocabulary)
   out = epath.Path(output_dir)
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -35,10 +36,14 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
   them), "prompt_inputs" (per-example prompt ids, when the model uses them)}.
   """
   partitioner = partitioner or partitioning_lib.Partitioner.create()
-  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir)
+  data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir,
+                    dataset_cfg.vocabulary)
   params = state_lib.params_for_inference(model, initial_checkpoint_path, restore_model_dir,
                                           use_best, seed)
   cfg = dataset_cfg
+  if cfg.task_feature_lengths is None:  # as eval: the longest example of the split
+    cfg = dataclasses.replace(cfg, task_feature_lengths=data_lib.max_feature_lengths(
+        cfg, num_examples))
   converter = data_lib.PromptFeatureConverter(model.prompt_length,
                                                prompt_features=model.prompt_input_names)
   ds = data_lib.get_dataset(cfg, converter, num_epochs=1, drop_remainder=False,

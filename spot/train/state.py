@@ -17,7 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from etils import epath
+
+from spot import errors
 from spot.models import T5Config
+from spot.models import config as config_lib
 from spot.train.models import EncoderDecoderModel
 
 RANDOM_INIT = "random"
@@ -34,13 +38,60 @@ def load_base_params(model: EncoderDecoderModel, initial_checkpoint_path: Option
     seed: used only for "random".
   """
   if not initial_checkpoint_path:
-    raise ValueError("INITIAL_CHECKPOINT_PATH is required: the frozen base model's T5X "
-                     "checkpoint (or 'random' for a randomly initialised model).")
+    raise errors.UsageError("INITIAL_CHECKPOINT_PATH is not set: give the frozen base model's "
+                            "T5X checkpoint, e.g. --gin.INITIAL_CHECKPOINT_PATH=\"'gs://t5-data/"
+                            "pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000'\".")
   if initial_checkpoint_path == RANDOM_INIT:
     params = _random_init(model.config)(jax.random.PRNGKey(seed))
     return jax.tree_util.tree_map(np.asarray, params)
+  check_base_checkpoint(model.config, initial_checkpoint_path)
   from spot.checkpoints import load_t5x
   return load_t5x(initial_checkpoint_path, model.config)
+
+
+def check_base_checkpoint(config: T5Config, path: str,
+                          setting: str = "INITIAL_CHECKPOINT_PATH") -> None:
+  """Checks, from the checkpoint's metadata only, that `path` fits `config`.
+
+  Reads the parameter names and shapes (no weights), infers the checkpoint's
+  config and compares the fields shapes fix. Runs before the weights load, so
+  a size mismatch costs a metadata read rather than the whole checkpoint.
+
+  Raises:
+    MissingInputError: nothing exists at `path`.
+    UsageError: the checkpoint's shapes are another size or family than the
+      model's; the message gives the detected size and the gin fix.
+  """
+  from spot import checkpoints
+  if not epath.Path(path).exists():
+    raise errors.MissingInputError(
+        f"{setting}={path!r} does not exist; point it at a T5X checkpoint "
+        "(a checkpoint_<step> directory or its model_dir).")
+  info = checkpoints.describe(path)
+  shapes = {n: jax.ShapeDtypeStruct(s, np.float32)
+            for n, s in info.shapes.items() if not n.startswith("state/")}
+  try:
+    found = checkpoints.infer_config(traverse_util.unflatten_dict(
+        {tuple(k.split("/")): v for k, v in shapes.items()}))
+  except ValueError:
+    return  # not a T5 tree we can read shapes of: load_t5x reports it
+  want, have = config_lib.shape_fields(config), config_lib.shape_fields(found)
+  if want == have:
+    return
+  family, size = config_lib.family_and_size(found)
+  my_family, my_size = config_lib.family_and_size(config)
+  diff = ", ".join(f"{k} {have[k]} (model {want[k]})" for k in config_lib.SHAPE_FIELDS
+                   if want[k] != have[k])
+  if size != "custom" and family == my_family:
+    fix = f"add --gin.MODEL_SIZE=\"'{size}'\""
+  elif size != "custom":
+    fix = f"use the {family} model file with --gin.MODEL_SIZE=\"'{size}'\""
+  else:
+    fix = "configure the model's T5Config with the checkpoint's shapes"
+  raise errors.UsageError(
+      f"{setting}={path!r} holds a {family} {size} model but the gin config builds "
+      f"{my_family} {my_size} ({diff}); {fix}, or point {setting} at a {my_family} "
+      f"{my_size} checkpoint.")
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,14 +149,17 @@ def params_from_run(model: EncoderDecoderModel, model_dir: str,
   `initial_checkpoint_path` overrides it. Returns (params, meta).
   """
   from spot.train import checkpointing
+  if not epath.Path(model_dir).exists():
+    raise errors.MissingInputError(f"RESTORE_MODEL_DIR={model_dir!r} does not exist; point it "
+                                   "at the model_dir of a run.")
   ckpt = checkpointing.RunCheckpointer(model_dir)
   try:
     mngr = ckpt._best if best else ckpt._latest  # pylint: disable=protected-access
     step = mngr.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(
-          f"No {'best ' if best else ''}checkpoint in {model_dir}; train first or point "
-          "RESTORE_MODEL_DIR at a run's model_dir.")
+      raise errors.MissingInputError(
+          f"RESTORE_MODEL_DIR={model_dir!r} holds no {'best ' if best else ''}checkpoint; "
+          "train first or point RESTORE_MODEL_DIR at a run's model_dir.")
     import orbax.checkpoint as ocp
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                      meta=ocp.args.JsonRestore()))
