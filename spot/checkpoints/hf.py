@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 from etils import epath
 
+from spot import errors
 from spot.checkpoints import layout, tree
 from spot.checkpoints.layout import PathLike
 from spot.models import T5Config, scan
@@ -63,10 +64,10 @@ def _activations_from_hf(proj: str, source: str) -> tuple[str, ...]:
   parts = proj.split("-")
   gated = len(parts) == 2 and parts[0] == "gated"
   if len(parts) > 2 or (len(parts) == 2 and not gated):
-    raise ValueError(f"{source}: feed_forward_proj={proj!r} is not 'ACT' or 'gated-ACT'.")
+    raise errors.DataError(f"{source}: feed_forward_proj={proj!r} is not 'ACT' or 'gated-ACT'.")
   act = "gelu_new" if proj == "gated-gelu" else parts[-1]  # transformers' special case
   if act not in _ACT_FROM_HF:
-    raise ValueError(f"{source}: feed_forward_proj={proj!r} uses activation {act!r}; "
+    raise errors.DataError(f"{source}: feed_forward_proj={proj!r} uses activation {act!r}; "
                      f"spot supports {sorted(_ACT_FROM_HF)}.")
   return (_ACT_FROM_HF[act], "linear") if gated else (_ACT_FROM_HF[act],)
 
@@ -87,7 +88,7 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> T
   """
   model_type = hf_config.get("model_type")
   if model_type not in _MODEL_TYPES:
-    raise ValueError(
+    raise errors.DataError(
         f"{source}: model_type={model_type!r} is not a T5 or mT5 model (expected one of "
         f"{list(_MODEL_TYPES)}); spot reads T5ForConditionalGeneration / "
         "MT5ForConditionalGeneration checkpoints.")
@@ -109,7 +110,7 @@ def config_to_hf(config: T5Config) -> dict[str, Any]:
   gated = len(acts) == 2 and acts[1] == "linear"
   if not (len(acts) == 1 or gated) or acts[0] not in _ACT_TO_HF or (
       gated and acts[0] == "gelu_exact"):
-    raise ValueError(f"mlp_activations={acts} has no Hugging Face T5 equivalent; HF supports "
+    raise errors.DataError(f"mlp_activations={acts} has no Hugging Face T5 equivalent; HF supports "
                      "('ACT',) and gated ('ACT', 'linear') with ACT in gelu, relu, silu "
                      "(gated exact GELU is not expressible).")
   proj = "gated-gelu" if gated and acts[0] == "gelu" else (
@@ -186,14 +187,14 @@ class _Weights:
         continue
       for shard in shards:
         if not shard.exists():
-          raise FileNotFoundError(f"Weight shard {shard} named in {directory / index} is "
+          raise errors.MissingInputError(f"Weight shard {shard} named in {directory / index} is "
                                   "missing; download the complete checkpoint.")
         handle = self._open(shard, stack)
         self._handles[shard] = handle
         for name in handle.keys():
           self.files[name] = shard
       return
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"No weights in {directory}: expected one of "
         f"{[f for pair in _WEIGHT_FILES for f in pair]}.")
 
@@ -235,7 +236,7 @@ def _open_weights(directory: epath.Path) -> Iterator[_Weights]:
 
 def tensor_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
   """{HF tensor name: shape} of a directory's weights, from headers only."""
-  with _open_weights(epath.Path(path)) as weights:
+  with _open_weights(layout.resolve(path)) as weights:
     return {name: weights.shape(name) for name in weights.files}
 
 
@@ -270,7 +271,7 @@ def _resolve_sources(config: T5Config, weights: _Weights, directory: epath.Path
   problems += [f"unexpected tensor {n} in {weights.files[n].name} with shape "
                f"{list(weights.shape(n))}" for n in sorted(set(weights.files) - used)]
   if problems:
-    raise ValueError(f"{directory} does not hold the T5 described by its {CONFIG_FILE} "
+    raise errors.DataError(f"{directory} does not hold the T5 described by its {CONFIG_FILE} "
                      f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
   return rows
 
@@ -290,15 +291,15 @@ def load_hf(path: PathLike, *, dtype: Any = np.float32) -> tuple[T5Config, dict[
       or mis-shaped tensor (named with its file and the expected shape).
       Nothing is skipped or initialised at random.
   """
-  directory = epath.Path(path)
+  directory = layout.resolve(path)
   config_file = directory / CONFIG_FILE
   if not config_file.exists():
-    raise FileNotFoundError(f"{config_file} does not exist; load_hf needs a Hugging Face "
+    raise errors.MissingInputError(f"{config_file} does not exist; load_hf needs a Hugging Face "
                             "model directory (config.json + model.safetensors).")
   try:
     hf_config = json.loads(config_file.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+    raise errors.DataError(f"{config_file} is not valid JSON: {e}") from e
   config = config_from_hf(hf_config, str(config_file))
   with _open_weights(directory) as weights:
     rows = _resolve_sources(config, weights, directory)
@@ -309,7 +310,7 @@ def load_hf(path: PathLike, *, dtype: Any = np.float32) -> tuple[T5Config, dict[
     if config.logits_via_embedding and "lm_head.weight" in weights.files:
       if not np.array_equal(weights.read("lm_head.weight", dtype),
                             flat["token_embedder/embedding"]):
-        raise ValueError(
+        raise errors.DataError(
             f"{config_file} ties the output layer to the embedding (tie_word_embeddings / "
             "scale_decoder_outputs true) but lm_head.weight differs from shared.weight; set "
             "tie_word_embeddings to false if this model was trained with untied logits.")
@@ -337,7 +338,7 @@ def save_hf(path: PathLike, config: T5Config, params: Mapping[str, Any]) -> epat
   flat = tree.flatten(params)
   extras = sorted(n for n in flat if tree.is_extra_param(n))
   if extras:
-    raise ValueError(f"params hold prompt parameters {extras} that a Hugging Face T5 cannot "
+    raise errors.DataError(f"params hold prompt parameters {extras} that a Hugging Face T5 cannot "
                      "store; save the prompt on its own and pass only the base parameters.")
   hf_config = config_to_hf(config)
   tensors = {}
@@ -347,4 +348,4 @@ def save_hf(path: PathLike, config: T5Config, params: Mapping[str, Any]) -> epat
   with layout.atomic_directory(path) as tmp:
     (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, os.fspath(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-  return epath.Path(path)
+  return layout.resolve(path)

@@ -31,6 +31,8 @@ from typing import Iterator, Optional, Union
 
 from etils import epath
 
+from spot import errors
+
 PathLike = Union[str, os.PathLike]
 
 CHECKPOINT_PREFIX = "checkpoint"
@@ -39,6 +41,43 @@ ORBAX_STATE_DIR = "state"
 ORBAX_METADATA = "_METADATA"
 _TF_INDEX_MAGIC = b"model_checkpoint_path"
 _STEP_DIR = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)$")
+# spot's own run layout (spot.train.checkpointing): MODEL_DIR/run.json and
+# MODEL_DIR/{checkpoints,best}/<step>/{state,meta}, written by orbax.
+RUN_FILE = "run.json"
+RUN_KINDS = ("checkpoints", "best")
+
+
+class OutputExistsError(errors.UsageError, FileExistsError):
+  """An output path exists and would be overwritten; the message names the fix."""
+
+
+def resolve(path: PathLike) -> epath.Path:
+  """`path` as an absolute epath: local paths via os.path.abspath, URLs (gs://) as given.
+
+  Orbax and tensorstore need absolute paths; users type relative ones.
+  """
+  text = os.fspath(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def is_run_path(path: PathLike) -> bool:
+  """Whether `path` is a spot run: its model_dir, `checkpoints/<step>`, `best/<step>`
+  or a step's `state` folder (spot.train.checkpointing's layout, not T5X's)."""
+  p = resolve(path)
+  if p.name == ORBAX_STATE_DIR:
+    p = p.parent
+  if p.parent.name in RUN_KINDS and p.name.isdigit():
+    return True
+  return (p / RUN_FILE).is_file() or any((p / kind).is_dir() for kind in RUN_KINDS)
+
+
+def _run_not_t5x(p: epath.Path) -> errors.DataError:
+  return errors.DataError(
+      f"{p} is a spot run checkpoint (trained parameters only), not a T5X checkpoint; "
+      "inspect it with `spot checkpoint inspect`, or write a T5X checkpoint with "
+      "`spot checkpoint convert --from-run MODEL_DIR --to OUT_DIR`.")
 
 
 class CheckpointFormat(enum.Enum):
@@ -66,7 +105,7 @@ class Located:
 
 def checkpoint_dir(model_dir: PathLike, step: int) -> epath.Path:
   """MODEL_DIR/checkpoint_<step>, T5X's naming."""
-  return epath.Path(model_dir) / f"{CHECKPOINT_PREFIX}_{int(step)}"
+  return resolve(model_dir) / f"{CHECKPOINT_PREFIX}_{int(step)}"
 
 
 def _is_complete(step_dir: epath.Path) -> bool:
@@ -76,7 +115,7 @@ def _is_complete(step_dir: epath.Path) -> bool:
 
 def all_steps(model_dir: PathLike) -> list[int]:
   """Steps of the complete `checkpoint_<step>` directories in `model_dir`, ascending."""
-  model_dir = epath.Path(model_dir)
+  model_dir = resolve(model_dir)
   if not model_dir.is_dir():
     return []
   steps = []
@@ -120,15 +159,21 @@ def locate(path: PathLike, step: Optional[int] = None) -> Located:
     step: with a model_dir, the step to pick instead of the latest.
 
   Raises:
-    FileNotFoundError: the path does not exist, holds no checkpoint, or has
-      no checkpoint for `step` (the message lists the steps that exist).
-    ValueError: `step` given for a path that is already one checkpoint of
-      another step.
+    MissingInputError (a FileNotFoundError): the path does not exist, holds
+      no checkpoint, or has no checkpoint for `step` (the message lists the
+      steps that exist).
+    DataError: `path` is a spot run (see `spot.checkpoints.run`).
+    UsageError (a ValueError): `step` given for a path that is already one
+      checkpoint of another step.
   """
-  p = epath.Path(path)
+  p = resolve(path)
   if not p.exists():
-    raise FileNotFoundError(f"No checkpoint at {p}: the path does not exist. Pass a T5X "
-                            "model_dir, a checkpoint_<step> directory or a checkpoint file.")
+    raise errors.MissingInputError(
+        f"No checkpoint at {p}: the path does not exist. Pass a T5X model_dir, a "
+        "checkpoint_<step> directory or a checkpoint file.")
+  if p.is_dir() and (p.parent.name in RUN_KINDS or p.parent.parent.name in RUN_KINDS) \
+      and is_run_path(p):
+    raise _run_not_t5x(p)
   if p.is_file():
     located = _classify_file(p)
   elif (p / ORBAX_METADATA).exists():
@@ -141,40 +186,57 @@ def locate(path: PathLike, step: Optional[int] = None) -> Located:
   else:
     steps = all_steps(p)
     if not steps:
-      raise FileNotFoundError(
+      if is_run_path(p):
+        raise _run_not_t5x(p)
+      raise errors.MissingInputError(
           f"No checkpoint in {p}: it has no `{MSGPACK_FILE}` msgpack file, no "
           f"`{ORBAX_STATE_DIR}/{ORBAX_METADATA}` and no complete {CHECKPOINT_PREFIX}_<step> "
-          "subdirectory (directories named *.tmp-* are unfinished writes and are ignored).")
+          "subdirectory (an empty or unfinished step directory; *.tmp-* names are unfinished "
+          "writes); copy the complete checkpoint or point at another step.")
     if step is None:
       step = steps[-1]
     elif step not in steps:
-      raise FileNotFoundError(f"No checkpoint for step {step} in {p}; complete steps: {steps}.")
+      raise errors.MissingInputError(
+          f"No checkpoint for step {step} in {p}; complete steps: {steps}.")
     return locate(checkpoint_dir(p, step))
   if step is not None and located.step is not None and located.step != step:
-    raise ValueError(f"step={step} was given, but {p} is the checkpoint of step "
-                     f"{located.step}; pass the model_dir to choose a step.")
+    raise errors.UsageError(f"step={step} was given, but {p} is the checkpoint of step "
+                            f"{located.step}; pass the model_dir to choose a step.")
   return located
 
 
 @contextlib.contextmanager
-def atomic_directory(final: PathLike) -> Iterator[epath.Path]:
+def atomic_directory(final: PathLike, *, overwrite: bool = False,
+                     hint: str = "remove it or choose another name") -> Iterator[epath.Path]:
   """Yields `<final>.tmp-<time>` and renames it to `final` when the block succeeds.
 
   On any error the temporary directory is removed, so `final` either holds a
-  complete write or does not exist. (On GCS a directory rename copies objects;
-  readers still ignore the `.tmp-` name until it completes.)
+  complete write or does not exist. With `overwrite`, an existing `final` is
+  moved aside only once the new directory is complete, and removed after the
+  rename. (On GCS a directory rename copies objects; readers still ignore the
+  `.tmp-` name until it completes.)
 
   Raises:
-    FileExistsError: `final` already exists.
+    OutputExistsError (a FileExistsError): `final` exists and not `overwrite`;
+      the message names `final` and `hint`.
   """
-  final = epath.Path(final)
-  if final.exists():
-    raise FileExistsError(f"{final} already exists; remove it or choose another name.")
-  tmp = final.parent / f"{final.name}.tmp-{time.time_ns()}"
+  final = resolve(final)
+  if final.exists() and not overwrite:
+    raise OutputExistsError(f"{final} already exists; {hint}.")
+  stamp = time.time_ns()
+  tmp = final.parent / f"{final.name}.tmp-{stamp}"
   tmp.mkdir(parents=True, exist_ok=False)
+  old = None
   try:
     yield tmp
+    if final.exists():
+      old = final.parent / f"{final.name}.old-{stamp}"
+      final.rename(old)
     tmp.rename(final)
   except BaseException:
     tmp.rmtree(missing_ok=True)
+    if old is not None and not final.exists():
+      old.rename(final)  # put the previous directory back
     raise
+  if old is not None:
+    old.rmtree(missing_ok=True)

@@ -17,20 +17,43 @@ import jax
 import numpy as np
 from etils import epath
 
+from spot import errors
+
 
 def _ocp():
   import orbax.checkpoint as ocp  # heavy; only needed for this format
   return ocp
 
 
-def metadata_tree(state_dir: epath.Path) -> dict[str, Any]:
-  """The saved tree with orbax's per-leaf metadata (shape, dtype), nothing read."""
+def _damaged(state_dir: epath.Path, e: Exception) -> errors.DataError:
+  detail = errors.one_line(str(e))
+  detail = detail if len(detail) <= 300 else detail[:300] + "..."  # orbax nests long causes
+  return errors.DataError(
+      f"Orbax checkpoint {state_dir} cannot be read, it is incomplete or damaged "
+      f"({type(e).__name__}: {detail}); copy the complete step directory again or use "
+      "another step.")
+
+
+def metadata(state_dir: epath.Path) -> Any:
+  """Any Orbax PyTree's saved tree with per-leaf metadata (shape, dtype), nothing read.
+
+  Raises:
+    DataError: the directory's metadata is missing or unreadable.
+  """
   ocp = _ocp()
-  tree = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
+  try:
+    return ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
+  except Exception as e:  # orbax raises many types for damaged metadata
+    raise _damaged(state_dir, e) from e
+
+
+def metadata_tree(state_dir: epath.Path) -> dict[str, Any]:
+  """The saved T5X train state with orbax's per-leaf metadata (shape, dtype), nothing read."""
+  tree = metadata(state_dir)
   if not isinstance(tree, dict) or "target" not in tree:
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-    raise ValueError(f"{state_dir} is an Orbax checkpoint but not a T5X train state: "
-                     f"top-level keys {keys}, expected 'target' and 'state'.")
+    raise errors.DataError(f"{state_dir} is an Orbax checkpoint but not a T5X train state: "
+                           f"top-level keys {keys}, expected 'target' and 'state'.")
   return tree
 
 
@@ -50,6 +73,14 @@ def restore(state_dir: epath.Path, subtree: dict[str, Any],
       key: jax.tree_util.tree_map(
           lambda _, d=dtypes.get(key): ocp.RestoreArgs(restore_type=np.ndarray, dtype=d), value)
       for key, value in subtree.items()}
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=subtree, restore_args=restore_args, partial_restore=True))
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+          item=subtree, restore_args=restore_args, partial_restore=True))
+  except errors.SpotError:
+    raise
+  except (ValueError, OSError, KeyError) as e:  # tensorstore NOT_FOUND/DATA_LOSS and the like
+    if isinstance(e, OSError) and getattr(e, "errno", None) is not None \
+        and not isinstance(e, FileNotFoundError):
+      raise  # disk errors stay system errors
+    raise _damaged(state_dir, e) from e

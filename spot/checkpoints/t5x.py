@@ -17,6 +17,7 @@ import numpy as np
 from etils import epath
 from flax import serialization
 
+from spot import errors
 from spot.checkpoints import layout, orbax_format, t5x_format, tree
 from spot.checkpoints.layout import CheckpointFormat, PathLike
 from spot.models import T5Config, scan
@@ -24,8 +25,15 @@ from spot.models import T5Config, scan
 Params = dict[str, Any]
 
 
-def _unsupported_tf(located: layout.Located) -> ValueError:
-  return ValueError(
+class MissingVariableError(errors.DataError, KeyError):
+  """A variable asked for by name is not in the checkpoint."""
+
+  def __str__(self) -> str:  # KeyError would quote the message
+    return str(self.args[0]) if self.args else ""
+
+
+def _unsupported_tf(located: layout.Located) -> errors.DataError:
+  return errors.DataError(
       f"{located.path} is a TensorFlow checkpoint index (Mesh TensorFlow / T5X_TF), not a "
       "T5X msgpack or Orbax checkpoint; convert it with T5X first "
       "(t5x.checkpoints.Checkpointer.restore_from_tf_checkpoint).")
@@ -36,10 +44,10 @@ def _normalise_variable(variable_path: str) -> str:
   return name if name.split("/", 1)[0] in ("target", "state") else f"target/{name}"
 
 
-def _missing_variable(name: str, names: list[str], source: Any) -> KeyError:
+def _missing_variable(name: str, names: list[str], source: Any) -> MissingVariableError:
   close = difflib.get_close_matches(name, names, n=3)
   hint = f" Did you mean {', '.join(close)}?" if close else ""
-  return KeyError(f"Variable {name!r} is not in the checkpoint {source} "
+  return MissingVariableError(f"Variable {name!r} is not in the checkpoint {source} "
                   f"({len(names)} variables).{hint}")
 
 

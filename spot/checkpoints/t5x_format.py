@@ -30,6 +30,8 @@ import tensorstore as ts
 from etils import epath
 from flax import serialization, traverse_util
 
+from spot import errors
+
 DUMMY_BUCKET = "t5x-dummy-bucket"
 VERSION = 3
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
@@ -58,31 +60,34 @@ def read_contents(file: epath.Path) -> dict[str, Any]:
   """Parses the msgpack file: inline arrays become ndarrays, specs stay dicts.
 
   Raises:
-    ValueError: the file is not a msgpack T5X checkpoint (the message names it).
+    DataError (a ValueError): the file is not a msgpack T5X checkpoint, or is
+      truncated (the message names it and the fix).
   """
   try:
     contents = serialization.msgpack_restore(file.read_bytes())
   except Exception as e:  # msgpack raises several unrelated types.
-    raise ValueError(f"{file} is not a msgpack T5X checkpoint file ({type(e).__name__}: "
-                     f"{e}).") from e
+    raise errors.DataError(
+        f"{file} is not a msgpack T5X checkpoint file, or it is truncated "
+        f"({type(e).__name__}: {errors.one_line(str(e))}); copy the complete "
+        "checkpoint_<step> directory again.") from e
   if not isinstance(contents, dict):
-    raise ValueError(f"{file} is not a T5X checkpoint: its msgpack root is a "
-                     f"{type(contents).__name__}, not a dict.")
+    raise errors.DataError(f"{file} is not a T5X checkpoint: its msgpack root is a "
+                           f"{type(contents).__name__}, not a dict.")
   return contents
 
 
 def optimizer_tree(contents: Mapping[str, Any], file: epath.Path) -> tuple[dict, int]:
   """Returns (contents['optimizer'], version), validating the T5X envelope."""
   if "optimizer" not in contents:
-    raise ValueError(f"{file} is not a T5X checkpoint: top-level keys are "
+    raise errors.DataError(f"{file} is not a T5X checkpoint: top-level keys are "
                      f"{sorted(contents)}, expected 'version' and 'optimizer'.")
   version = int(contents.get("version", 0))
   if version < 2:
-    raise ValueError(f"{file} has T5X checkpoint version {version}; versions below 2 are "
+    raise errors.DataError(f"{file} has T5X checkpoint version {version}; versions below 2 are "
                      "not supported (re-save it with a current T5X).")
   optimizer = contents["optimizer"]
   if not isinstance(optimizer, dict) or "target" not in optimizer:
-    raise ValueError(f"{file}: 'optimizer' has no 'target' (the parameters); keys: "
+    raise errors.DataError(f"{file}: 'optimizer' has no 'target' (the parameters); keys: "
                      f"{sorted(optimizer) if isinstance(optimizer, dict) else optimizer!r}.")
   return optimizer, version
 
@@ -90,7 +95,7 @@ def optimizer_tree(contents: Mapping[str, Any], file: epath.Path) -> tuple[dict,
 def _split_gcs(directory: str) -> tuple[str, str]:
   m = re.fullmatch(r"gs://([^/]+)/?(.*)", directory, re.DOTALL)
   if m is None:
-    raise ValueError(f"Malformed GCS path {directory!r}; expected gs://BUCKET/PATH.")
+    raise errors.UsageError(f"Malformed GCS path {directory!r}; expected gs://BUCKET/PATH.")
   return m.group(1), m.group(2)
 
 
@@ -106,7 +111,7 @@ def absolute_spec(spec: Mapping[str, Any], directory: epath.Path, name: str) -> 
   spec = {k: v for k, v in spec.items() if k != "path"}
   driver = spec["kvstore"].get("driver")
   if driver not in _KNOWN_KVSTORES:
-    raise ValueError(f"{name}: unsupported tensorstore kvstore driver {driver!r} in the "
+    raise errors.DataError(f"{name}: unsupported tensorstore kvstore driver {driver!r} in the "
                      f"checkpoint spec; T5X writes one of {_KNOWN_KVSTORES}.")
   base = os.fspath(directory)
   if base.startswith("gs://"):
@@ -114,7 +119,7 @@ def absolute_spec(spec: Mapping[str, Any], directory: epath.Path, name: str) -> 
     spec["kvstore"] = {"driver": "gcs", "bucket": bucket,
                        "path": f"{prefix.rstrip('/')}/{relative}" if prefix else relative}
   elif "://" in base:
-    raise ValueError(f"{name}: cannot read tensorstore arrays from {base}; local paths "
+    raise errors.UsageError(f"{name}: cannot read tensorstore arrays from {base}; local paths "
                      "and gs:// are supported.")
   else:
     spec["kvstore"] = {"driver": "file", "path": os.path.join(base, relative)}
@@ -125,18 +130,21 @@ def spec_path(spec: Mapping[str, Any]) -> str:
   """The array path a spec names (kvstore path, or the pre-0.1.14 top-level path)."""
   path = spec.get("kvstore", {}).get("path") or spec.get("path")
   if not path:
-    raise ValueError(f"Malformed tensorstore spec without a path: {dict(spec)!r}.")
+    raise errors.DataError(f"Malformed tensorstore spec without a path: {dict(spec)!r}.")
   return path
 
 
 def _ts_error(e: Exception, name: str, spec: Mapping[str, Any], file: epath.Path) -> Exception:
   where = spec["kvstore"].get("path", "")
+  detail = errors.one_line(str(e))
   if "NOT_FOUND" in str(e):
-    return FileNotFoundError(
-        f"Parameter {name} of {file}: its array files are missing under {where} ({e}). The "
-        "checkpoint is incomplete, or its directory was copied without the array "
+    return errors.MissingInputError(
+        f"Parameter {name} of {file}: its array files are missing under {where} ({detail}). "
+        "The checkpoint is incomplete, or its directory was copied without the array "
         "subdirectories; copy the whole checkpoint_<step> directory.")
-  return ValueError(f"Parameter {name} of {file}: cannot read the array at {where}: {e}")
+  return errors.DataError(f"Parameter {name} of {file}: cannot read the array at {where} "
+                          f"({detail}); the checkpoint is damaged, copy the whole "
+                          "checkpoint_<step> directory again.")
 
 
 def _open(spec: dict, strict: bool, context: ts.Context) -> ts.Future:
@@ -284,7 +292,7 @@ def write_checkpoint(directory: epath.Path, optimizer: Mapping[str, Any], *,
   The msgpack file is written last, after every array write has completed.
   """
   if version != VERSION:
-    raise ValueError(f"Only T5X checkpoint version {VERSION} can be written, got {version}.")
+    raise errors.UsageError(f"Only T5X checkpoint version {VERSION} can be written, got {version}.")
   gcs = os.fspath(directory).startswith("gs://")
   context = ts.Context(_TS_CONTEXT_SPEC)
   leaves = flatten_leaves(optimizer)

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
+from spot import errors
 from spot.models import T5Config, param_shapes, scan
 
 # Parameters a spot checkpoint may hold beyond the base model: the prompt
@@ -88,7 +89,7 @@ def check_shapes(params: Mapping[str, Any], config: T5Config, *, source: str = "
   found = {k: leaf_shape(v) for k, v in flatten(params).items()}
   problems = shape_problems(found, expected_shapes(config))
   if problems:
-    raise ValueError(
+    raise errors.DataError(
         f"{source} does not match the model config ({len(problems)} problem(s)):\n  "
         + "\n  ".join(problems)
         + "\nPass the T5Config the checkpoint was trained with (e.g. "
@@ -104,7 +105,7 @@ def total_size(shapes: Mapping[str, Shape]) -> int:
 def _layer_count(names: set[str], stack: str) -> int:
   indices = {int(m.group(1)) for n in names if (m := re.match(rf"{stack}/layers_(\d+)/", n))}
   if indices != set(range(len(indices))):
-    raise ValueError(f"{stack} layers are not numbered 0..N-1: found {sorted(indices)}.")
+    raise errors.DataError(f"{stack} layers are not numbered 0..N-1: found {sorted(indices)}.")
   return len(indices)
 
 
@@ -134,7 +135,7 @@ def infer_config(params: Mapping[str, Any], **overrides: Any) -> T5Config:
 
   def shape_of(name: str) -> Shape:
     if name not in flat:
-      raise ValueError(f"Cannot infer a T5Config: parameter {name} is missing "
+      raise errors.DataError(f"Cannot infer a T5Config: parameter {name} is missing "
                        f"(found {len(flat)} parameters).")
     return flat[name]
 
