@@ -1,0 +1,87 @@
+"""SPM_PATH is the one vocabulary setting: spot's tasks tokenize with the model's vocabulary.
+
+Regression: `register_local(DATA_DIR)` kept the registered gs:// vocabulary
+and SPM_PATH reached only the model, so offline runs failed inside
+TensorFlow with "Could not resolve host".
+"""
+
+from __future__ import annotations
+
+import pytest
+import seqio
+
+import spot.tasks  # noqa: F401  registers the default tasks
+from spot.train import data as data_lib
+
+DEFAULT = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+GLUE_KEYS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli_matched", "mnli_mismatched",
+             "qnli", "rte", "wnli")
+
+
+def _file(name: str) -> str:
+  return seqio.get_mixture_or_task(name).output_features["targets"].vocabulary \
+      .sentencepiece_model_file
+
+
+@pytest.fixture
+def default_registry():
+  """Puts the default registrations back after a test changed them."""
+  yield
+  from spot.tasks import glue, mixtures, superglue
+  glue.register_glue()
+  superglue.register_superglue()
+  mixtures.register_spot_mixtures()
+
+
+def test_data_dir_tasks_tokenize_with_the_model_vocabulary(shared_data, vocab,
+                                                           default_registry):
+  spm = str(shared_data / "t5_vocab" / "spiece.model")
+  assert _file("spot_glue_rte") == DEFAULT
+  task = data_lib.get_task("spot_glue_rte", data_dir=str(shared_data), vocabulary=vocab)
+  assert _file("spot_glue_rte") == spm
+  ex = next(task.get_dataset({"inputs": 64, "targets": 8}, split="validation",
+                             shuffle=False).as_numpy_iterator())
+  # Real ids of the T5 SentencePiece model: "rte sentence1: ..." -> "not_entailment" + EOS.
+  assert ex["inputs_pretokenized"].decode().startswith("rte sentence1: Dana Reeve")
+  assert list(ex["inputs"][:4]) == vocab.encode("rte sentence1:")[:4]
+  assert list(ex["targets"]) == vocab.encode("not_entailment") + [1]
+  assert vocab.decode(list(ex["targets"])) == "not_entailment"
+  # The tasks without files there (TFDS) and the mixtures follow the vocabulary too.
+  assert _file("spot_glue_wnli") == spm
+  assert _file("spot_superglue_record") == spm
+  mixture = seqio.get_mixture_or_task("spot_glue_mix")
+  assert {t.output_features["targets"].vocabulary.sentencepiece_model_file
+          for t in mixture.tasks} == {spm}
+
+
+def test_spm_path_reaches_the_default_tasks_keeping_their_sources(vocab, default_registry):
+  import spot.tasks as spot_tasks
+  before = {k: type(seqio.get_mixture_or_task(f"spot_glue_{k}").source) for k in GLUE_KEYS}
+  changed = spot_tasks.use_vocabulary(vocab)
+  assert {f"spot_glue_{k}" for k in GLUE_KEYS} <= set(changed)
+  for k in GLUE_KEYS:
+    task = seqio.get_mixture_or_task(f"spot_glue_{k}")
+    assert task.output_features["inputs"].vocabulary == vocab
+    assert type(task.source) is before[k]  # still TFDS: only the vocabulary changed
+  assert _file("spot_superglue_cb") == vocab.sentencepiece_model_file
+  # Equal vocabulary again: nothing is registered again.
+  assert spot_tasks.use_vocabulary(vocab) == []
+
+
+def test_local_splits_are_the_files_present(shared_data, vocab, default_registry):
+  """A mixture over partial local data trains and evaluates on the files that exist."""
+  data_lib.get_task("spot_glue_mix", data_dir=str(shared_data), vocabulary=vocab)
+  # STS-B has train and test CSVs (its dev set is held out); RTE train and dev.
+  assert tuple(seqio.get_mixture_or_task("spot_glue_stsb").splits) == ("train", "test")
+  assert tuple(seqio.get_mixture_or_task("spot_glue_rte").splits) == ("train", "validation")
+  assert tuple(seqio.get_mixture_or_task("spot_glue_qnli").splits) == ("validation",)
+
+
+def test_data_dir_may_be_a_list(shared_data, vocab, glue_dirs, default_registry):
+  cfg = data_lib.DatasetConfig("spot_glue_mnli", {"inputs": 64, "targets": 4},
+                               data_dir=glue_dirs, vocabulary=vocab)
+  assert cfg.data_dir == tuple(glue_dirs)
+  task = data_lib.get_task(cfg.mixture_or_task_name, data_dir=cfg.data_dir,
+                           vocabulary=cfg.vocabulary)
+  assert "validation_matched" in task.splits
+  assert _file("spot_glue_mnli") == vocab.sentencepiece_model_file
