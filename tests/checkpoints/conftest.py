@@ -109,3 +109,44 @@ def random_params(config: T5Config, seed: int = 0) -> dict:
 @pytest.fixture(scope="session")
 def make_params() -> Callable[..., dict]:
   return random_params
+
+
+@pytest.fixture(scope="session")
+def spot_run(shared_data: pathlib.Path, tmp_path_factory) -> dict[str, Any]:
+  """A real 2-step `spot train` prompt run of the shared tiny T5X checkpoint on SST-2.
+
+  Its model_dir holds checkpoints/1 and checkpoints/2 (trainer), and best/1
+  with the step-1 prompt times -2 (written with the trainer's RunCheckpointer,
+  as an evaluation would), so best and latest differ.
+  Returns {"model_dir", "base", "prompts": {("checkpoints"|"best", step): [P, D]}}.
+  """
+  import json
+  import jax.numpy as jnp
+  from spot.train import checkpointing, trainer
+  from spot.train.data import DatasetConfig
+  from tests.train import helpers
+
+  task = helpers.register_sst2(shared_data, prefix="ckpt_glue")
+  model = helpers.tiny_prompt_model(shared_data, prompt_length=4)
+  base = str(shared_data / helpers.TINY_CHECKPOINT)
+  model_dir = tmp_path_factory.mktemp("spot_run") / "run"
+  trainer.train(model=model, train_dataset_cfg=DatasetConfig(
+      task, {"inputs": 16, "targets": 4}, batch_size=4, seed=0), model_dir=str(model_dir),
+                train_steps=2, initial_checkpoint_path=base, log_every=1, verbose=False,
+                checkpoint_cfg=trainer.CheckpointConfig(period=1, keep=3))
+  # The trainer's own numpy export is an independent record of each step's prompt.
+  prompts = {("checkpoints", s): np.load(model_dir / "numpy_checkpoints" / f"checkpoint_{s}"
+                                         / "encoder.prompt.prompt.prompt.npy")
+             for s in (1, 2)}
+  best = prompts[("checkpoints", 1)] * -2.0
+  meta = dict(json.loads((model_dir / "checkpoints" / "1" / "meta" / "metadata").read_text()))
+  ckpt = checkpointing.RunCheckpointer(str(model_dir), keep=3)
+  try:
+    ckpt.save(1, {"trainable": {"encoder": {"prompt": {"prompt": {"prompt": jnp.asarray(best)}}}},
+                  "opt_state": {"count": jnp.zeros((), jnp.int32)},
+                  "step": jnp.asarray(1, jnp.int32)}, meta, best=True)
+  finally:
+    ckpt.close()
+  prompts[("best", 1)] = best
+  return {"model_dir": model_dir, "base": pathlib.Path(base), "prompts": prompts,
+          "task": task}

@@ -59,12 +59,14 @@ def test_convert_infers_config_and_reports_errors(tiny_ckpt, tmp_path, capsys):
   assert "inferred from shapes" in err and "relative_attention_max_distance=128" in err
   config, _ = checkpoints.load_hf(tmp_path / "hf")
   assert config.emb_dim == 4 and config.relative_attention_max_distance == 128
-  # Writing over an existing directory, a missing checkpoint or a bad config fail with status 1.
-  assert cli.main(["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(tmp_path / "hf"),
-                   "--config", "t5_1_1_tiny"]) == 1
+  # Writing over an existing directory (usage, 2), a missing checkpoint (data, 3) and a
+  # config that does not fit (usage, 2) fail with one line naming the path and the fix.
+  assert spot_main(["checkpoint", "convert", "--from-t5x", str(tiny_ckpt), "--to-hf",
+                    str(tmp_path / "hf"), "--config", "t5_1_1_tiny"]) == 2
   assert "already exists" in capsys.readouterr().err
-  assert cli.main(["inspect", str(tmp_path / "missing")]) == 1
+  assert spot_main(["checkpoint", "inspect", str(tmp_path / "missing")]) == 3
   assert "does not exist" in capsys.readouterr().err
-  assert cli.main(["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(tmp_path / "x"),
-                   "--config", "t5_1_1_small"]) == 1
-  assert "shape mismatch for token_embedder/embedding" in capsys.readouterr().err
+  assert spot_main(["checkpoint", "convert", "--from-t5x", str(tiny_ckpt), "--to-hf",
+                    str(tmp_path / "x"), "--config", "t5_1_1_small"]) == 2
+  assert "shape mismatch for decoder/decoder_norm/scale" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()

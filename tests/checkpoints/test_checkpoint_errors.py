@@ -156,3 +156,107 @@ def test_hf_without_weights(hf_dir, tmp_path):
   shutil.copy(hf_dir / "config.json", target / "config.json")
   with pytest.raises(FileNotFoundError, match="No weights in .*model.safetensors"):
     checkpoints.load_hf(target)
+
+
+# --- `spot checkpoint` on bad input: one line, a typed exit code, nothing left behind ---
+
+
+def _fails(capsys, argv: list[str], code: int, *names: str) -> str:
+  """Runs `spot checkpoint ...` and checks the exit code and the one-line message."""
+  from spot.cli import spot_main
+  capsys.readouterr()
+  assert spot_main(["checkpoint", *argv]) == code
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "Traceback" not in err, err
+  assert err.startswith("spot checkpoint: "), err
+  for name in names:
+    assert name in err, err
+  return err
+
+
+def _only(directory, *names):
+  assert sorted(p.name for p in directory.iterdir()) == sorted(names)
+
+
+def test_cli_missing_and_empty_checkpoints(tmp_path, capsys):
+  _fails(capsys, ["inspect", str(tmp_path / "nope")], 3, f"No checkpoint at {tmp_path / 'nope'}",
+         "the path does not exist")
+  (tmp_path / "model" / "checkpoint_5").mkdir(parents=True)  # an empty step folder
+  for path in (tmp_path / "model", tmp_path / "model" / "checkpoint_5"):
+    _fails(capsys, ["inspect", str(path)], 3, f"No checkpoint in {path}",
+           "copy the complete checkpoint")
+  err = _fails(capsys, ["convert", "--from-t5x", str(tmp_path / "model"), "--to-hf",
+                        str(tmp_path / "hf")], 3, str(tmp_path / "model"))
+  assert "empty" in err
+  _only(tmp_path, "model")
+
+
+def test_cli_empty_and_truncated_run_step_folders(spot_run, tmp_path, capsys):
+  copy = tmp_path / "run"
+  shutil.copytree(spot_run["model_dir"], copy)
+  (copy / "checkpoints" / "3").mkdir()
+  _fails(capsys, ["inspect", str(copy / "checkpoints" / "3")], 3,
+         f"Run step folder {copy / 'checkpoints' / '3'} is empty",
+         "checkpoints/: [1, 2]")
+  _fails(capsys, ["convert", "--from-run", str(copy), "--step", "3", "--to",
+                  str(tmp_path / "out")], 3, "is empty")
+  # Orbax array data gone (a partial copy): named, and no output directory appears.
+  for data in (copy / "checkpoints" / "2" / "state").rglob("d/*"):
+    data.unlink()
+  _fails(capsys, ["convert", "--from-run", str(copy), "--to", str(tmp_path / "out")], 3,
+         f"Orbax checkpoint {copy / 'checkpoints' / '2' / 'state'} cannot be read",
+         "copy the complete step directory")
+  (copy / "checkpoints" / "1" / "commit_success.txt").unlink()
+  _fails(capsys, ["inspect", str(copy / "checkpoints" / "1")], 3,
+         f"Run step folder {copy / 'checkpoints' / '1'} is incomplete (no commit_success.txt")
+  # Step 1 no longer counts; the latest, step 2, is the damaged one.
+  _fails(capsys, ["inspect", str(copy)], 3, f"{copy / 'checkpoints' / '2' / 'state'} cannot be read")
+  _only(tmp_path, "run")
+
+
+def test_cli_truncated_msgpack_and_missing_chunk(tiny_copy, tmp_path, capsys):
+  file = tiny_copy / "checkpoint"
+  data = file.read_bytes()
+  file.write_bytes(data[: len(data) // 2])
+  _fails(capsys, ["inspect", str(tiny_copy)], 3, str(file), "truncated",
+         "copy the complete checkpoint_<step> directory again")
+  file.write_bytes(data)
+  (tiny_copy / "target.token_embedder.embedding" / "3.0").unlink()
+  _fails(capsys, ["convert", "--from-t5x", str(tiny_copy), "--to-hf", str(tmp_path / "hf")], 3,
+         "token_embedder/embedding", "copy the whole checkpoint_<step> directory")
+  _only(tmp_path, "checkpoint_3")
+
+
+def test_cli_run_with_damaged_base_leaves_no_output(spot_run, tiny_copy, tmp_path, capsys):
+  """convert --from-run reads a base with a missing chunk: exit 3, no OUT_DIR, no temp dir."""
+  (tiny_copy / "target.encoder.layers_0.mlp.wo.kernel" / "0.0").unlink()
+  copy = tmp_path / "run"
+  shutil.copytree(spot_run["model_dir"], copy)
+  for file in [copy / "run.json", *copy.glob("*/*/meta/metadata")]:
+    meta = json.loads(file.read_text())
+    meta["base_checkpoint"] = str(tiny_copy)
+    file.write_text(json.dumps(meta))
+  out = tmp_path / "out"
+  _fails(capsys, ["convert", "--from-run", str(copy), "--to", str(out)], 3,
+         "encoder/layers_0/mlp/wo/kernel", "copy the whole checkpoint_<step> directory")
+  _only(tmp_path, "checkpoint_3", "run")
+
+
+def test_cli_wrong_config(tiny_ckpt, tmp_path, capsys):
+  out = tmp_path / "hf"
+  _fails(capsys, ["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(out), "--config",
+                  "t5_1_1_nano"], 2, "--config 't5_1_1_nano'", "t5_1_1_tiny")
+  bad = tmp_path / "config.json"
+  bad.write_text("{not json")
+  _fails(capsys, ["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(out), "--config",
+                  str(bad)], 2, f"--config {bad} is not a T5Config JSON file")
+  bad.write_text(json.dumps({"emb_dim": 4, "colour": "red"}))
+  _fails(capsys, ["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(out), "--config",
+                  str(bad)], 2, "colour")
+  _fails(capsys, ["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(out), "--config",
+                  "t5_1_1_base"], 2, "--config t5_1_1_base does not match",
+         "shape mismatch for decoder/decoder_norm/scale: expected [768], found [4]",
+         "omit --config")
+  _fails(capsys, ["convert", "--from-hf", str(tmp_path), "--to", str(tmp_path / "t"),
+                  "--config", "t5_1_1_tiny"], 2, "--config does not apply to --from-hf")
+  _only(tmp_path, "config.json")
