@@ -1,6 +1,7 @@
 """`spot library --library PATH <command>`: the prompt library from the shell.
 
-Commands: add, list, show, query, remove, export, import, heatmap, check.
+Commands: add, list, show, query, remove, export, import, heatmap, check, embed,
+transfer.
 `--json` on any command prints machine-readable output: `list` a JSON list of
 entries (name, model, task, prompt_shape, ...), `query` a JSON list of
 {"name", "score"} best first. Errors print one line naming the fix and exit 1;
@@ -389,7 +390,11 @@ def _transfer(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   text = _table(("SOURCE", "SIMILARITY", "BEST_STEP", "BEST", "MODEL_DIR"), rows)
   payload = {"mode": args.mode, "runs": [dataclasses.asdict(r) for r in runs],
              "chosen": dataclasses.asdict(chosen)}
-  return payload, f"{text}\nchosen: {chosen.source} ({chosen.model_dir})"
+  lines = [text, f"chosen: {chosen.source} ({chosen.model_dir})"]
+  if chosen.rates:
+    lines.append("mixture rates (examples-proportional): " + ", ".join(
+        f"{t} {r:g}" for t, r in chosen.rates.items()))
+  return payload, "\n".join(lines)
 
 
 COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import seqio
 from etils import epath
 
 from spot.errors import DataError, UsageError
@@ -92,7 +93,6 @@ def num_train_examples(task: Any, cap: int) -> int:
   GLUE / SuperGLUE has its published size (no data read); otherwise seqio's
   own count (cached statistics or the source's) is used.
   """
-  import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if isinstance(task.source, seqio.FunctionDataSource):
     ds = task.source.get_dataset("train", shuffle=False)
@@ -116,15 +116,47 @@ def num_train_examples(task: Any, cap: int) -> int:
   return int(n)
 
 
+class ByNameMixture(seqio.Mixture):
+  """A mixture that looks its tasks up by name each time it is read.
+
+  A run re-registers spot's tasks after its gin config is known (DATA_DIR's
+  local files, the model's vocabulary); a plain `seqio.Mixture` keeps the task
+  objects it was built with, this one follows the registry.
+  """
+
+  @property
+  def tasks(self) -> list[seqio.Task]:
+    return sorted((seqio.TaskRegistry.get(n) for n in self.rate_per_task_name),
+                  key=lambda t: t.name)
+
+  @property
+  def _task_map(self) -> dict[str, seqio.Task]:
+    return {t.name: t for t in self.tasks}
+
+  @_task_map.setter
+  def _task_map(self, value: Any) -> None:
+    del value  # seqio.Mixture.__init__ sets it; the property above stands for it
+
+
+def examples_proportional(cap: int) -> Callable[[Any], float]:
+  """T5's examples-proportional rate of a task: min(its train examples, cap)."""
+  from spot.tasks import mixtures  # pylint: disable=g-import-not-at-top
+
+  def rate(task: Any) -> float:
+    return mixtures.mixing_rate(num_train_examples(task, cap), cap)
+
+  return rate
+
+
 def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: Optional[str],
                      cap: int = DEFAULT_MIXTURE_CAP) -> tuple[str, dict[str, float]]:
   """Registers an examples-proportional SeqIO mixture of `tasks`; returns (name, rates).
 
-  The tasks are resolved as the run will resolve them (spot.train.data.get_task):
-  `module` imported, then spot.tasks, then the DATA_DIR local-file versions.
+  The tasks are first registered as the run registers them (spot.train.data.get_task:
+  `module` imported, then spot.tasks, then the DATA_DIR local-file versions);
+  the mixture then looks them up by name whenever it is read, and rates each
+  by its training examples then (local files are counted).
   """
-  import seqio  # pylint: disable=g-import-not-at-top
-  from spot.tasks import mixtures  # pylint: disable=g-import-not-at-top
   from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.get_task(tasks[-1], module, data_dir)  # imports and registers; the target must exist
   registered = set(seqio.TaskRegistry.names())
@@ -133,12 +165,12 @@ def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: O
     raise UsageError(f"mixture mode: task(s) {', '.join(missing)} (recorded by the top-k "
                      "entries, or --target-task) are not registered SeqIO tasks; register them "
                      "with MIXTURE_OR_TASK_MODULE, or re-add those entries with --task NAME.")
-  rates = {t: mixtures.mixing_rate(num_train_examples(seqio.TaskRegistry.get(t), cap), cap)
-           for t in tasks}
+  rate = examples_proportional(cap)
+  rates = {t: rate(seqio.TaskRegistry.get(t)) for t in tasks}
   digest = hashlib.sha256(json.dumps([module, data_dir, sorted(rates.items())]).encode())
   name = f"spot_transfer_mix_{digest.hexdigest()[:12]}"
   seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, list(rates.items()))
+  seqio.MixtureRegistry.add(name, [(t, rate) for t in tasks], mixture_cls=ByNameMixture)
   return name, rates
 
 
