@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from spot import errors
+
 T5_1_1_VOCAB = 32128
 MT5_VOCAB = 250112
 
@@ -168,7 +170,12 @@ def get_config(name: str | None = None, *, family: str | None = None, size: str 
                       mlp_dim=f, num_encoder_layers=l, num_decoder_layers=l,
                       mlp_activations=("relu",), logits_via_embedding=True
                       ).replace(**overrides)
-  raise ValueError(f"Unknown model config {name!r}; known: {sorted(config_names())}.")
+  sizes = sorted({n.rpartition("_")[2] for n in config_names() if n.startswith(family + "_")})
+  if sizes:
+    raise errors.UsageError(f"MODEL_SIZE={size!r} is not a size of {family}; choose one of "
+                            f"{', '.join(sizes)}, e.g. --gin.MODEL_SIZE=\"'{sizes[0]}'\".")
+  raise errors.UsageError(f"Unknown model config {name!r} (MODEL_FAMILY / MODEL_SIZE); known: "
+                          f"{', '.join(sorted(config_names()))}.")
 
 
 def config_names() -> list[str]:

@@ -85,3 +85,60 @@ def test_glue_mix_and_xgen_recipes(capsys):
            "--gin_file=spot/gin/runs/prompt_eval.gin",
            "--gin_file=spot/gin/xgen/factorized_eval.gin",
            "--gin.EVAL_OUTPUT_DIR='/tmp/e'", "--gin.RESTORE_MODEL_DIR='/tmp/r'"], mode="eval")
+
+
+def _operative(argv):
+  """The parsed config's model config and prompt initializer (no run)."""
+  import gin
+  from spot import models, prompts
+  args = cli.build_parser("t").parse_args(cli.rewrite_gin_args(argv))
+  cli.parse_gin(args.gin_file, args.gin_bindings, cli._search_paths(""))
+  try:
+    return (gin.get_configurable(models.get_config)(),
+            gin.query_parameter("PROMPT_INIT/macro.value"),
+            gin.query_parameter("PROMPT_LENGTH/macro.value"))
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("size", [["--gin.MODEL_SIZE='tiny'"],
+                                  ["--gin_file=spot/gin/models/sizes/tiny.gin"]])
+def test_model_size_resizes_glue_mix_keeping_its_initializer(size):
+  ckpt = ["--gin.MODEL_DIR='/tmp/m'", "--gin.INITIAL_CHECKPOINT_PATH='/tmp/c'"]
+  flags = ["--gin_file=spot/gin/glue_mix.gin"] + [f for f in size if f.startswith("--gin_file")]
+  flags += ckpt + [f for f in size if not f.startswith("--gin_file")]
+  config, init, length = _operative(flags)
+  assert (config.emb_dim, config.num_encoder_layers, config.relative_attention_max_distance) == (
+      4, 2, 8)
+  assert init.selector.endswith("sampled_vocab")  # glue_mix's initializer, not random_uniform
+  assert length == 100
+  base, init, _ = _operative(["--gin_file=spot/gin/glue_mix.gin"] + ckpt)
+  assert (base.emb_dim, base.num_encoder_layers) == (768, 12)
+  assert init.selector.endswith("sampled_vocab")
+
+
+def test_a_model_file_after_glue_mix_is_refused_not_a_silent_reset(capsys):
+  """Regression: t5_1_1_tiny_prompt.gin after glue_mix.gin re-included prompt.gin and
+  silently switched PROMPT_INIT from sampled vocabulary to random uniform."""
+  rc = cli.main(["--gin_file=spot/gin/glue_mix.gin",
+                 "--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
+                 "--gin.MODEL_DIR='/tmp/m'", "--gin.INITIAL_CHECKPOINT_PATH='/tmp/c'",
+                 "--print_config"], mode="train")
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert "spot/gin/models/prompt.gin again" in err
+  assert "PROMPT_INIT (set by spot/gin/prompts/from_sampled_vocab.gin)" in err
+  assert "--gin.MODEL_SIZE=\"'tiny'\"" in err
+  assert len(err.strip().splitlines()) == 1
+  # A model file before a run file (no file twice) is fine, and so is a prompts file
+  # after a model file: that override is what prompts/*.gin are for.
+  _parses(["--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
+           "--gin_file=spot/gin/prompts/from_sampled_vocab.gin",
+           "--gin_file=spot/gin/runs/prompt_finetune.gin"] + REQUIRED)
+
+
+def test_an_unknown_model_size_names_the_macro():
+  from spot import errors
+  with pytest.raises(errors.UsageError, match="MODEL_SIZE='tinyy' is not a size of t5_1_1"):
+    _operative(["--gin_file=spot/gin/glue_mix.gin", "--gin.MODEL_DIR='/tmp/m'",
+                "--gin.INITIAL_CHECKPOINT_PATH='/tmp/c'", "--gin.MODEL_SIZE='tinyy'"])
