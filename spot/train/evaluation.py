@@ -3,18 +3,24 @@
 `Evaluator` wraps one `seqio.Evaluator` per evaluation task: SeqIO caches the
 targets, postprocesses predictions and runs the metric functions; spot
 supplies `predict_fn` (cached decoding) and `score_fn` (target log-likelihood).
-Results are flattened to {"task/metric": value}.
+Results are flattened to {"task/metric": value}. Given a `model_dir`, SeqIO's
+loggers save what T5X saves: predictions and metrics as JSONL under
+`model_dir/inference_eval/` and TensorBoard scalars under
+`model_dir/training_eval/<task>/`, apart from the trainer's `train/` summaries.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import math
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 import seqio
+from etils import epath
 
-from spot import partitioning
+from spot import errors, partitioning
 from spot.train import data as data_lib
 from spot.train import inference
 from spot.train.models import EncoderDecoderModel
@@ -37,15 +43,30 @@ def eval_task_names(name: str, split: str, module: Optional[str] = None,
   return out
 
 
-def pick_metric(results: Mapping[str, float], name: str) -> float:
-  """Value of "task/metric", or of "metric" when exactly one task reports it."""
+INFERENCE_EVAL_DIR = "inference_eval"
+TRAINING_EVAL_DIR = "training_eval"
+
+
+def _finite_or_none(value: Any) -> Optional[float]:
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def pick_metric(results: Mapping[str, Optional[float]], name: str) -> Optional[float]:
+  """Value of "task/metric", or of "metric" when exactly one task reports it.
+
+  None when that metric is None or not finite (e.g. STS-B's Pearson of constant
+  early predictions): such an evaluation never counts as the best.
+  """
   if name in results:
-    return float(results[name])
+    return _finite_or_none(results[name])
   hits = [k for k in results if k.split("/", 1)[-1] == name]
   if len(hits) == 1:
-    return float(results[hits[0]])
-  raise ValueError(f"best_metric {name!r} is not among the eval results {sorted(results)}; "
-                   "use one of those names.")
+    return _finite_or_none(results[hits[0]])
+  raise errors.UsageError(f"best_metric {name!r} is not among the eval results "
+                          f"{sorted(results)}; use one of those names.")
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> tuple[dict, int]:
@@ -57,26 +78,55 @@ def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> tuple[dict, int]:
           for k, v in batch.items()}, n
 
 
+def _logger_at(cls: Callable[..., seqio.Logger], output_dir: str) -> Callable[..., seqio.Logger]:
+  """A seqio logger class writing to `output_dir`, whatever log_dir the Evaluator passes.
+
+  seqio.Evaluator builds every logger with its one `log_dir`; T5X keeps the JSONL
+  predictions and the TensorBoard scalars in different directories.
+  """
+  fixed = output_dir
+
+  def make(output_dir: Optional[str] = None) -> seqio.Logger:
+    del output_dir  # the Evaluator's shared log_dir
+    if jax.process_index() == 0:
+      epath.Path(fixed).mkdir(parents=True, exist_ok=True)
+    return cls(output_dir=fixed)
+
+  return make
+
+
 class Evaluator:
-  """Runs SeqIO evaluation of `model` on the eval tasks of a run."""
+  """Runs SeqIO evaluation of `model` on the eval tasks of a run.
+
+  With `model_dir`, each evaluation appends predictions (`<task>-<step>.jsonl`)
+  and metrics (`<task>-metrics.jsonl`) to `model_dir/inference_eval` and writes
+  TensorBoard scalars `eval/<metric>` to `model_dir/training_eval/<task>`.
+  """
 
   def __init__(self, model: EncoderDecoderModel, train_cfg: data_lib.DatasetConfig,
-               eval_cfg: Any, partitioner: Any = None):
+               eval_cfg: Any, partitioner: Any = None, model_dir: Optional[str] = None):
     self.model, self.cfg, self.partitioner = model, eval_cfg, partitioner
     names = list(eval_cfg.tasks or eval_task_names(train_cfg.mixture_or_task_name,
                                                    eval_cfg.split, train_cfg.module,
                                                    train_cfg.data_dir))
     if not names:
-      raise ValueError(f"No task of {train_cfg.mixture_or_task_name!r} has metrics and a "
+      raise errors.UsageError(f"No task of {train_cfg.mixture_or_task_name!r} has metrics and a "
                        f"{eval_cfg.split!r} split; set EvalConfig.tasks or split.")
     lengths = eval_cfg.task_feature_lengths or train_cfg.task_feature_lengths
     converter = data_lib.PromptFeatureConverter(model.prompt_length,
                                                prompt_features=model.prompt_input_names)
+    loggers: dict[str, Any] = {}
+    if model_dir:
+      loggers = dict(
+          logger_cls=[_logger_at(seqio.JSONLogger, os.path.join(model_dir, INFERENCE_EVAL_DIR)),
+                      _logger_at(seqio.TensorBoardLogger,
+                                 os.path.join(model_dir, TRAINING_EVAL_DIR))],
+          log_dir=os.path.join(model_dir, INFERENCE_EVAL_DIR))
     self.evaluators = {
         name: seqio.Evaluator(name, converter, eval_split=eval_cfg.split,
                               sequence_length=dict(lengths) if lengths else None,
                               num_examples=eval_cfg.num_examples, shuffle=False,
-                              use_memory_cache=True, async_compute_metrics=False)
+                              use_memory_cache=True, async_compute_metrics=False, **loggers)
         for name in names}
 
   def _batches(self, dataset):

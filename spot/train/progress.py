@@ -19,6 +19,12 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def format_metrics(values: Mapping[str, Optional[float]]) -> str:
+  """"a 0.5, b nan" sorted by name; None (a non-finite metric recorded as null) shows as nan."""
+  return ", ".join(f"{k} {float('nan') if v is None else v:.4g}"
+                   for k, v in sorted(values.items()))
+
+
 class Progress:
   """Prints `step N/T | loss x | lr y | r steps/s | ETA t` every `every` steps."""
 
@@ -64,14 +70,17 @@ class Summaries:
       from flax.metrics import tensorboard
       self._writer = tensorboard.SummaryWriter(log_dir)
 
-  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+  def scalars(self, step: int, values: Mapping[str, Optional[float]]) -> None:
+    """Writes the finite values; None and NaN/inf are skipped (a gap, not a spike)."""
     if self._writer is None:
       return
     for k, v in values.items():
       try:
-        self._writer.scalar(k, float(v), step)
+        value = float(v)
       except (TypeError, ValueError):
         continue
+      if math.isfinite(value):
+        self._writer.scalar(k, value, step)
     self._writer.flush()
 
   def text(self, step: int, tag: str, value: str) -> None:
