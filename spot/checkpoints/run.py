@@ -321,6 +321,13 @@ def convert_run(path: PathLike, out_dir: PathLike, *, step: Optional[int] = None
   out = layout.resolve(out_dir)
   base = _base_path(ckpt)
   base_resolved = layout.resolve(base)
+  if "://" not in base and not base_resolved.exists():
+    hint = (" (the run recorded a relative path: run this from the directory it was trained "
+            "in)" if not os.path.isabs(base) else "")
+    raise errors.MissingInputError(
+        f"Base checkpoint {base!r} of run {ckpt.model_dir} does not exist at {base_resolved}"
+        f"{hint}; restore the base checkpoint there, since the run holds only trained "
+        "parameters.")
   for what, where in (("the run", ckpt.model_dir), ("the base checkpoint", base_resolved)):
     if _same_or_inside(out, where):
       raise errors.UsageError(f"--to {out} would overwrite {what} ({where}); choose a new "

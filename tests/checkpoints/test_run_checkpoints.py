@@ -195,6 +195,13 @@ def test_convert_run_errors(spot_run, tmp_path, capsys):
   (no_json / "run.json").unlink()
   code, err = convert(no_json)
   assert code == 3 and f"Run {no_json} has no run.json" in err
+  moved = json.loads((no_json / "checkpoints" / "2" / "meta" / "metadata").read_text())
+  moved["base_checkpoint"] = "elsewhere/checkpoint_3"
+  (no_json / "checkpoints" / "2" / "meta" / "metadata").write_text(json.dumps(moved))
+  shutil.copy(model_dir / "run.json", no_json / "run.json")
+  code, err = convert(no_json)
+  assert code == 3 and "Base checkpoint 'elsewhere/checkpoint_3' of run" in err
+  assert "relative path" in err
   not_a_run = tmp_path / "plain"
   not_a_run.mkdir()
   code, err = convert(not_a_run)
