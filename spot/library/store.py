@@ -77,6 +77,8 @@ class PromptLibrary:
     self.path = fs.path(path)
     self._local = fs.is_local(path) if local is None else local
     self._index: Optional[index_lib.Index] = None
+    # (row, vectors) by name from the last `check`, reused once by `repair`.
+    self._verified: dict[str, tuple[index_lib.Row, Optional[dict[str, np.ndarray]]]] = {}
 
   def __repr__(self) -> str:
     return f"PromptLibrary({os.fspath(self.path)!r})"
@@ -448,27 +450,36 @@ class PromptLibrary:
     return fs.files_stamp(self._dir(name), [entry.prompt.file] +
                           [r.file for _, r in entry.embeddings])
 
-  def _row_changed(self, row: index_lib.Row) -> bool:
-    """Whether an indexed entry's folder or array files changed since its row was made."""
+  def _row_change(self, row: index_lib.Row) -> str:
+    """How an indexed entry changed since its row was made: "" (not at all),
+    "replaced" (its folder or entry.json: an add, overwrite or remove, which
+    the next listing sees anyway) or "in place" (an array file rewritten)."""
     if not self._local:
-      return False
-    return (fs.local_fingerprint(self._dir(row.name), entry_lib.ENTRY_FILE) != row.fingerprint
-            or fs.files_stamp(self._dir(row.name), fs.stamp_files(row.files)) != row.files)
+      return ""
+    if fs.local_fingerprint(self._dir(row.name), entry_lib.ENTRY_FILE) != row.fingerprint:
+      return "replaced"
+    if fs.files_stamp(self._dir(row.name), fs.stamp_files(row.files)) != row.files:
+      return "in place"
+    return ""
 
   def recheck(self, names: Sequence[str]) -> bool:
-    """Re-reads the index rows of `names` whose files changed since they were indexed
+    """Re-reads the index rows of `names` whose entries changed since they were indexed
     (an array rewritten in place leaves the listing unchanged); returns whether any did.
 
     Queries call it on the entries they are about to return, so a ranking never
-    rests on a stale or damaged row.
+    rests on a stale or damaged row. In-place rewrites are warned about;
+    entries replaced by a concurrent writer are simply re-read.
     """
     index = self.index()
-    changed = [n for n in names if n in index.rows and self._row_changed(index.rows[n])]
+    changes = {n: self._row_change(index.rows[n]) for n in names if n in index.rows}
+    changed = [n for n, how in changes.items() if how]
     if not changed:
       return False
-    warnings.warn(f"prompt library {self.path}: entr{'y' if len(changed) == 1 else 'ies'} "
-                  f"{', '.join(map(repr, changed))} changed since the index was built (a "
-                  "file rewritten in place); re-reading.", LibraryWarning, stacklevel=2)
+    in_place = [n for n in changed if changes[n] == "in place"]
+    if in_place:
+      warnings.warn(f"prompt library {self.path}: entr{'y' if len(in_place) == 1 else 'ies'} "
+                    f"{', '.join(map(repr, in_place))} changed since the index was built (a "
+                    "file rewritten in place); re-reading.", LibraryWarning, stacklevel=2)
     self.index(force=changed)
     return True
 
@@ -546,9 +557,9 @@ class PromptLibrary:
     """Re-verifies every entry from scratch; returns (name, problem) pairs."""
     self._require()
     fingerprints = self._fingerprints()
-    rows = fs.parallel_map(lambda n: self._index_row(n, fingerprints[n])[0],
-                           sorted(fingerprints))
-    return [(r.name, r.problem) for r in rows if r is not None and r.problem]
+    rows = fs.parallel_map(lambda n: self._index_row(n, fingerprints[n]), sorted(fingerprints))
+    self._verified = {r.name: (r, v) for r, v in rows if r is not None}  # for repair()
+    return [(r.name, r.problem) for r, _ in rows if r is not None and r.problem]
 
   def repair(self) -> list[tuple[str, str]]:
     """Cleans what interrupted writers left and rebuilds a bad index; returns (path, what).
@@ -592,13 +603,14 @@ class PromptLibrary:
     if problem:
       return f"damaged: {problem}"
     fingerprints = self._fingerprints()
+    verified, self._verified = self._verified, {}  # rows `check` just read, if any
     bad = []
     for name, row in sorted(cached.rows.items()):
       if fingerprints.get(name) != row.fingerprint:
         continue  # stale, not wrong: the next query re-reads it
-      fresh, vectors = self._index_row(name, row.fingerprint)
-      if fresh is None:
-        continue
+      fresh, vectors = verified.get(name) or self._index_row(name, row.fingerprint)
+      if fresh is None or fresh.fingerprint != row.fingerprint:
+        continue  # removed or replaced meanwhile: stale, not wrong
       if fresh.problem or row.problem:
         if bool(fresh.problem) != bool(row.problem):
           bad.append(name)
