@@ -264,9 +264,12 @@ def test_list_json_into_a_closed_pipe_is_quiet(tmp_path, make_prompt, model):
   for i in range(400):
     lib.add(f"entry_{i:04d}", make_prompt(i % 7), model=model, task="spot_glue_rte")
   env = dict(os.environ, PYTHONPATH=str(REPO))
+  script = pathlib.Path(sys.executable).parent / "spot"  # the console script, when installed
+  spot = str(script) if script.is_file() else f"{sys.executable} -m spot.cli"
   proc = subprocess.run(
-      f"{sys.executable} -m spot.cli library --library {tmp_path / 'lib'} list --json | head -1",
-      shell=True, env=env, capture_output=True, text=True, timeout=120)
+      f"{spot} library --library {tmp_path / 'lib'} list --json | head -1; "
+      "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", env=env,
+      capture_output=True, text=True, timeout=120)
   assert proc.stdout == "[\n"
   assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
   assert proc.returncode == 0
