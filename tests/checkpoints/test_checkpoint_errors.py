@@ -210,7 +210,8 @@ def test_cli_empty_and_truncated_run_step_folders(spot_run, tmp_path, capsys):
   _fails(capsys, ["inspect", str(copy / "checkpoints" / "1")], 3,
          f"Run step folder {copy / 'checkpoints' / '1'} is incomplete (no commit_success.txt")
   # Step 1 no longer counts; the latest, step 2, is the damaged one.
-  _fails(capsys, ["inspect", str(copy)], 3, f"{copy / 'checkpoints' / '2' / 'state'} cannot be read")
+  _fails(capsys, ["inspect", str(copy)], 3,
+         f"{copy / 'checkpoints' / '2' / 'state'} cannot be read")
   _only(tmp_path, "run")
 
 
