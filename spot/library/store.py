@@ -74,8 +74,10 @@ class PromptLibrary:
       local: force the local-disk (True) or object-store (False) write
         protocol; None picks by the path's scheme.
     """
-    self.path = fs.path(path)
-    self._local = fs.is_local(path) if local is None else local
+    local_path = fs.is_local(path)
+    # Absolute, so the path still holds for a run started elsewhere (from_library).
+    self.path = fs.path(os.path.abspath(os.fspath(path)) if local_path else path)
+    self._local = local_path if local is None else local
     self._index: Optional[index_lib.Index] = None
     # (row, vectors) by name from the last `check`, reused once by `repair`.
     self._verified: dict[str, tuple[index_lib.Row, Optional[dict[str, np.ndarray]]]] = {}
