@@ -53,8 +53,8 @@ def _best(result: Any) -> tuple[Optional[int], Optional[float]]:
   return None, None
 
 
-def _macro(name: str) -> Optional[str]:
-  """The value of gin macro `name` in the parsed config (None if unbound or None)."""
+def _macro(name: str) -> Any:
+  """The value of gin macro `name` in the parsed config (None if unbound)."""
   import gin  # pylint: disable=g-import-not-at-top
   try:
     value = gin.query_parameter(f"{name}/macro.value")
@@ -62,12 +62,13 @@ def _macro(name: str) -> Optional[str]:
     return None
   if isinstance(value, gin.config.ConfigurableReference):  # NAME = %OTHER
     value = value.scoped_configurable_fn()
-  return None if value is None else str(value)
+  return list(value) if isinstance(value, tuple) else value
 
 
 def run_data_settings(train_flags: Sequence[str], extra_bindings: Sequence[str] = ()
-                      ) -> tuple[Optional[str], Optional[str]]:
-  """(MIXTURE_OR_TASK_MODULE, DATA_DIR) of a run's `spot train` flags, as it will see them."""
+                      ) -> tuple[Optional[str], Any]:
+  """(MIXTURE_OR_TASK_MODULE, DATA_DIR) of a run's `spot train` flags, as it will see them
+  (DATA_DIR: None, a directory, or a list of directories)."""
   import gin  # pylint: disable=g-import-not-at-top
   from spot.train import cli  # pylint: disable=g-import-not-at-top
   args = cli.build_parser("spot train").parse_args(cli.rewrite_gin_args(train_flags))
@@ -148,7 +149,7 @@ def examples_proportional(cap: int) -> Callable[[Any], float]:
   return rate
 
 
-def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: Optional[str],
+def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: Any,
                      cap: int = DEFAULT_MIXTURE_CAP) -> tuple[str, dict[str, float]]:
   """Registers an examples-proportional SeqIO mixture of `tasks`; returns (name, rates).
 

@@ -78,3 +78,15 @@ def test_transfer_mixture_in_a_fresh_process(shared_data, tmp_path):
   assert run["task"].startswith("spot_transfer_mix_")
   metrics = json.loads((tmp_path / "mix" / "mixture" / "metrics.json").read_text())
   assert metrics["task"] == "spot_glue_rte" and metrics["method"] == "spot_mixture"
+
+
+def test_run_data_settings_reads_the_runs_macros():
+  from spot.library import targeted
+  flags = ["--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
+           "--gin_file=spot/gin/runs/prompt_finetune.gin", "--gin.OTHER='my.tasks'",
+           "--gin.MIXTURE_OR_TASK_MODULE=%OTHER", "--gin.DATA_DIR=['/a', '/b']"]
+  required = ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 'x'", "TRAIN_STEPS = 1",
+              "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
+              "INITIAL_CHECKPOINT_PATH = '/c'"]
+  assert targeted.run_data_settings(flags, required) == ("my.tasks", ["/a", "/b"])
+  assert targeted.run_data_settings(flags[:2], required) == (None, None)
