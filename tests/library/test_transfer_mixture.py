@@ -20,7 +20,18 @@ MODULE = "tests.library.local_vocab_tasks"
 SST2_TRAIN, RTE_TRAIN = 10_000, 2_490
 
 
-def test_register_mixture_uses_local_tasks_and_example_counts(shared_data):
+@pytest.fixture
+def registries():
+  """Restores SeqIO's task and mixture registries after the test re-registers tasks."""
+  import seqio
+  saved = (dict(seqio.TaskRegistry._REGISTRY), dict(seqio.MixtureRegistry._REGISTRY))  # pylint: disable=protected-access
+  yield
+  for registry, before in zip((seqio.TaskRegistry, seqio.MixtureRegistry), saved):
+    registry._REGISTRY.clear()  # pylint: disable=protected-access
+    registry._REGISTRY.update(before)  # pylint: disable=protected-access
+
+
+def test_register_mixture_uses_local_tasks_and_example_counts(shared_data, registries):
   import seqio
   from spot.library import targeted
   name, rates = targeted.register_mixture(["spot_glue_sst2", "spot_glue_rte"], module=MODULE,
