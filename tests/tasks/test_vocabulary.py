@@ -27,10 +27,11 @@ def _file(name: str) -> str:
 def default_registry():
   """Puts the default registrations back after a test changed them."""
   yield
-  from spot.tasks import glue, mixtures, superglue
+  from spot.tasks import glue, mixtures, superglue, wikilingua
   glue.register_glue()
   superglue.register_superglue()
   mixtures.register_spot_mixtures()
+  wikilingua.register_all()
 
 
 def test_data_dir_tasks_tokenize_with_the_model_vocabulary(shared_data, vocab,
@@ -85,3 +86,12 @@ def test_data_dir_may_be_a_list(shared_data, vocab, glue_dirs, default_registry)
                            vocabulary=cfg.vocabulary)
   assert "validation_matched" in task.splits
   assert _file("spot_glue_mnli") == vocab.sentencepiece_model_file
+
+
+def test_spm_path_reaches_the_xgen_tasks(vocab, default_registry):
+  import spot.tasks as spot_tasks
+  from spot.tasks import wikilingua
+  assert _file("wikilingua_en").startswith("gs://")
+  spot_tasks.use_vocabulary(vocab)
+  assert _file("wikilingua_en") == vocab.sentencepiece_model_file
+  assert wikilingua.use_vocabulary(vocab) == []  # already on it

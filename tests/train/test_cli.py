@@ -238,7 +238,8 @@ def test_readme_headline_runs_offline(shared_data, tmp_path, capsys):
   assert metrics["task"] == "spot_glue_mix"
   run = json.loads((model_dir / "run.json").read_text())
   assert run["model_config"]["emb_dim"] == 4 and run["prompt_length"] == 4
-  from spot.tasks import glue, mixtures, superglue
+  from spot.tasks import glue, mixtures, superglue, wikilingua
   glue.register_glue()
   superglue.register_superglue()
   mixtures.register_spot_mixtures()
+  wikilingua.register_all()
