@@ -31,9 +31,16 @@ def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
 
 
 def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-  """Percentage of predictions equal to their target."""
+  """Percentage of predictions equal to their target; an invalid prediction (-1)
+  is wrong even against an unlabelled (-1) target."""
   _check_lengths(targets, predictions)
-  return {"accuracy": 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+  right = [t == p and not _invalid(p) for t, p in zip(targets, predictions)]
+  return {"accuracy": 100.0 * float(np.mean(right))}
+
+
+def _invalid(prediction: Any) -> bool:
+  return isinstance(prediction, (int, np.integer)) and not isinstance(prediction, bool) \
+      and int(prediction) == -1
 
 
 def matthews_corrcoef(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
