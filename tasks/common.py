@@ -249,11 +249,33 @@ def register_task(name: str, source: seqio.DataSource, text_preprocessor: Callab
   return name
 
 
+class TfdsSource(seqio.TfdsDataSource):
+  """A `TfdsDataSource` whose read failures name the dataset and the ways out."""
+
+  def get_dataset(self, split: Optional[str] = None, *args, **kwargs) -> tf.data.Dataset:
+    try:
+      return super().get_dataset(split, *args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many kinds)
+      from spot import errors
+      if isinstance(e, errors.SpotError):
+        raise
+      reason = " ".join(str(e).split()) or type(e).__name__
+      raise errors.DataError(
+          f"TFDS dataset {self.tfds_dataset.name} (split {split!r}) cannot be read: {reason} "
+          "Prepare it in the TFDS data dir (--tfds_data_dir), or put the task's files under "
+          "DATA_DIR (layouts in docs/tasks.md).") from e
+
+
 def tfds_source(tfds_name: str, splits: Union[Sequence[str], Mapping[str, str]],
                 tfds_data_dir: Optional[str] = None) -> seqio.TfdsDataSource:
   """A TFDS source with explicit splits, so nothing is looked up until read."""
-  return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir,
-                              splits=splits)
+  return TfdsSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits)
+
+
+def is_local(task_name: str) -> bool:
+  """Whether a registered task reads local files (DATA_DIR) rather than TFDS."""
+  return (task_name in seqio.TaskRegistry.names()
+          and isinstance(seqio.TaskRegistry.get(task_name).source, LocalDataSource))
 
 
 # --------------------------------------------------------------- local files

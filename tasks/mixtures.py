@@ -13,10 +13,12 @@ per-task scores into the benchmark averages T5 and SPoT report.
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Optional, Sequence
 
 import seqio
 
+from spot.tasks import common
 from spot.tasks import glue  # noqa: F401  registers the default tasks first
 from spot.tasks import superglue  # noqa: F401
 from spot.tasks.metrics import glue_average, superglue_average  # noqa: F401  re-exported
@@ -78,7 +80,7 @@ def register_spot_mixtures(glue_prefix: str = "spot_glue",
                            name_prefix: str = "spot", cap: Optional[int] = DEFAULT_CAP,
                            temperature: float = 1.0,
                            extra_members: Optional[Mapping[str, Sequence[tuple[str, int]]]] = None,
-                           ) -> list[str]:
+                           local_only: bool = False) -> list[str]:
   """Registers the SPoT mixtures over already registered tasks.
 
   Call it again after re-registering the tasks (e.g. from local files with
@@ -94,6 +96,8 @@ def register_spot_mixtures(glue_prefix: str = "spot_glue",
     temperature: T5's mixing temperature (1 = proportional).
     extra_members: mixture key -> [(registered task name, number of train
       examples)] added to that mixture, e.g. an SNLI task for "nli".
+    local_only: keep only the members that read local files (DATA_DIR), in
+      each mixture that has any; a mixture with none keeps all (TFDS).
 
   Returns:
     The registered mixture names.
@@ -113,6 +117,12 @@ def register_spot_mixtures(glue_prefix: str = "spot_glue",
       raise ValueError(f"Mixture {key!r} needs tasks {missing}, which are not registered; "
                        "register them first (register_glue / register_superglue with the "
                        "same prefixes).")
+    if local_only and any(common.is_local(t) for t, _ in rates):
+      dropped = [t for t, _ in rates if not common.is_local(t)]
+      if dropped:
+        logging.info("Mixture %s_%s_mix: no local files for %s; left out.", name_prefix, key,
+                     ", ".join(dropped))
+      rates = [(t, r) for t, r in rates if common.is_local(t)]
     name = f"{name_prefix}_{key}_mix"
     seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(name, rates)
@@ -131,13 +141,15 @@ def mixture_rates(name: str) -> dict[str, float]:
 def register_local(data_dir: str, vocabulary: Optional[seqio.Vocabulary] = None) -> list[str]:
   """The DATA_DIR hook of `spot.tasks.register_local`: rebuilds the default
   mixtures over the tasks as they are now registered (the GLUE / SuperGLUE
-  hooks, which run first, may have pointed some at local files).
+  hooks, which run first, pointed those with files at them). A mixture with
+  local members keeps only those: DATA_DIR means "train on these files", and
+  a member left on TFDS would need the network or a prepared TFDS dir.
 
   Returns:
     [] — a mixture reads no files itself.
   """
   del data_dir, vocabulary
-  register_spot_mixtures()
+  register_spot_mixtures(local_only=True)
   return []
 
 
@@ -146,7 +158,9 @@ def use_vocabulary(vocabulary: seqio.Vocabulary) -> list[str]:
   mixtures over the re-registered tasks. Returns [] (a mixture has no
   vocabulary of its own)."""
   del vocabulary
-  register_spot_mixtures()
+  local = any(common.is_local(member_name(m, "spot_glue", "spot_superglue"))
+              for members in SPOT_MIXTURES.values() for m in members)
+  register_spot_mixtures(local_only=local)
   return []
 
 

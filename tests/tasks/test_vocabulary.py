@@ -95,3 +95,32 @@ def test_spm_path_reaches_the_xgen_tasks(vocab, default_registry):
   spot_tasks.use_vocabulary(vocab)
   assert _file("wikilingua_en") == vocab.sentencepiece_model_file
   assert wikilingua.use_vocabulary(vocab) == []  # already on it
+
+
+def test_with_data_dir_a_mixture_keeps_its_local_members(shared_data, vocab, default_registry):
+  """DATA_DIR alone runs the GLUE mixture offline: MNLI has no file there, so it is left
+  out rather than read from TFDS (which needs the network or a prepared TFDS dir)."""
+  mixture = data_lib.get_task("spot_glue_mix", data_dir=str(shared_data), vocabulary=vocab)
+  assert sorted(t.name for t in mixture.tasks) == [
+      "spot_glue_cola", "spot_glue_mrpc", "spot_glue_qnli", "spot_glue_qqp", "spot_glue_rte",
+      "spot_glue_sst2", "spot_glue_stsb"]
+  # The task itself keeps reading TFDS, and its mixture has all members again without DATA_DIR.
+  from spot.tasks import common, glue, mixtures
+  assert not common.is_local("spot_glue_mnli")
+  glue.register_glue()
+  mixtures.register_spot_mixtures()
+  assert "spot_glue_mnli" in {t.name for t in seqio.get_mixture_or_task("spot_glue_mix").tasks}
+
+
+def test_an_unreadable_tfds_dataset_is_a_data_error_naming_it(monkeypatch):
+  from spot import errors
+  from spot.tasks import common
+
+  def not_prepared(self, *a, **k):
+    raise KeyError("Trying to access `splits['train']` but `splits` is empty.")
+
+  monkeypatch.setattr(seqio.TfdsDataSource, "get_dataset", not_prepared)
+  source = common.tfds_source("glue/mnli:2.0.0", ("train",))
+  with pytest.raises(errors.DataError, match=r"glue/mnli:2.0.0 \(split 'train'\) cannot be "
+                     r"read: .*--tfds_data_dir.*DATA_DIR"):
+    source.get_dataset("train")
