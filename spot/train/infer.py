@@ -32,6 +32,10 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
           gin_config: Optional[str] = None) -> str:
   """Writes `output_dir/inference/<task>-<split>.jsonl` and returns its path.
 
+  Without `dataset_cfg.task_feature_lengths` (TASK_FEATURE_LENGTHS), the
+  lengths are the longest tokenized example of the split (of the first
+  `num_examples`), as eval does.
+
   Each line: {"index", "inputs", "prediction", "targets" (when the split has
   them), "prompt_inputs" (per-example prompt ids, when the model uses them)}.
   """
