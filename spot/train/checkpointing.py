@@ -211,7 +211,10 @@ class RunCheckpointer:
 
   def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any],
            best: bool = False) -> None:
+    """Saves `step` (replacing a committed one of the same step) and waits for the commit."""
     mngr = self._best if best else self._latest
+    if step in mngr.all_steps():
+      mngr.delete(step)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(dict(state)),
                                             meta=ocp.args.JsonSave(dict(meta))), force=True)
     mngr.wait_until_finished()

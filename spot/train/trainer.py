@@ -508,6 +508,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
                       knows_best="best" in resume_meta)
     if verbose and jax.process_index() == 0:
       print(f"Resuming {model_dir} from step {start_step}.", flush=True)
+  elif jax.process_index() == 0:
+    # No committed checkpoint: exports and best/ steps are a killed first try's; redone.
+    ckpt.prune_best([])
+    checkpointing.remove_numpy_after(model_dir, -1)
   if jax.process_index() == 0:
     checkpointing.write_json_atomic(mdir / "run.json", dict(
         run_meta, trainable_params=trainable_lib.paths(tr),
@@ -593,17 +597,18 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
           prog.log(step, scalars)
         summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
                                      **{"train/steps_per_sec": prog.steps_per_sec}))
-      # Evaluate before saving, so the step's checkpoint meta holds its evaluation.
+      # Evaluate before saving, so the step's checkpoint meta holds its evaluation
+      # (also at a stop_after_steps end: the resumed run will not come back to it).
       if (evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0
-          and step < end_step):
+          and step < train_steps):
         run_eval(step)
-      if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
-        save(step)
       if stopped_early:
         if verbose and jax.process_index() == 0:
           print(f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
                 f"in {eval_cfg.early_stopping_patience} evaluations.", flush=True)
-        break
+        break  # saved below
+      if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
+        save(step)
     if (evaluator is not None and (step == train_steps or stopped_early)
         and not evals.evaluated(step)):
       run_eval(step)

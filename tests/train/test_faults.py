@@ -144,12 +144,20 @@ def test_sigkill_inside_numpy_export_then_resume(task, reference, tmp_path):
   _assert_like_reference(tmp_path, reference)
 
 
+@pytest.fixture(scope="module")
+def finished_template(task, tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("finished")
+  helpers.quick_train(model_dir, task, train_steps=4, gin_config="FIRST = 1\n")
+  return model_dir
+
+
 @pytest.fixture()
-def finished_run(task, tmp_path):
-  """A finished 4-step run with its config.gin, run.json; returns (dir, {file: bytes})."""
-  helpers.quick_train(tmp_path, task, train_steps=4, gin_config="FIRST = 1\n")
-  files = {n: (tmp_path / n).read_bytes() for n in ("config.gin", "run.json")}
-  return tmp_path, files
+def finished_run(finished_template, tmp_path):
+  """A copy of a finished 4-step run; returns (dir, {config.gin and run.json: bytes})."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(finished_template, model_dir)
+  files = {n: (model_dir / n).read_bytes() for n in ("config.gin", "run.json")}
+  return model_dir, files
 
 
 def _unchanged(model_dir: pathlib.Path, files) -> None:
