@@ -244,7 +244,15 @@ def run_transfer(lib: PromptLibrary, train_flags: Sequence[str], query: np.ndarr
     scored = [r for r in runs if r.best_value is not None]
     if not scored:
       raise ValueError(f"No run reported {best_metric!r}; check the metric name.")
-    return runs, max(scored, key=lambda r: r.best_value)
+    chosen = max(scored, key=lambda r: r.best_value)
+    # The k runs share task, method and seed: record which one this selection
+    # chose, so `spot report` reports it instead of refusing duplicates.
+    from spot import report  # pylint: disable=g-import-not-at-top
+    for r in runs:
+      if (epath.Path(r.model_dir) / report.METRICS_FILE).exists():
+        report.mark_candidate(r.model_dir, r.source, rule="best_of_top_k", metric=best_metric,
+                              selected=r is chosen)
+    return runs, chosen
   # mixture: the source tasks plus the target, resolved as the run resolves them
   tasks = transfer.mixture_tasks(lib, ranked, target_task)
   eval_binding = f"trainer.EvalConfig.tasks = ['{target_task}']"
