@@ -170,8 +170,10 @@ class RunCheckpointer:
 
   def __init__(self, model_dir: str, keep: int = 1, keep_best: Optional[int] = None,
                writer: bool = False):
+    """A reader (the default) changes nothing on disk; a `writer` creates the folders
+    and removes orbax's temporary ones."""
     self.model_dir = epath.Path(model_dir)
-    for where in ("checkpoints", "best"):
+    for where in ("checkpoints", "best") if not writer else ():  # a writer sets them aside
       for p in incomplete_steps(self.model_dir / where):
         logger.warning("Ignoring %s: the checkpoint has no %s (killed while saving, or copied "
                        "in part).", p, COMMIT_MARKER)
@@ -339,6 +341,8 @@ def remove_stale_exports(model_dir: str) -> list[str]:
 
 def remove_numpy_after(model_dir: str, step: int) -> list[int]:
   """Removes numpy exports of steps after `step` (a killed run's, to be redone on resume)."""
+  if jax.process_index() != 0:
+    return []
   gone = [s for s in numpy_steps(model_dir) if s > step]
   for s in gone:
     numpy_step_dir(model_dir, s).rmtree()

@@ -463,13 +463,17 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   _check_base_checkpoint(model, initial_checkpoint_path)
   if jax.process_index() == 0:
     checkpointing.check_writable(model_dir)
-  ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep, writer=True)
-  latest = ckpt.latest_step()
-  resume_meta = ckpt.read_meta(latest) if latest is not None else None
+  reader = checkpointing.RunCheckpointer(model_dir)
+  try:
+    latest = reader.latest_step()
+    resume_meta = reader.read_meta(latest) if latest is not None else None
+  finally:
+    reader.close()
   if resume_meta is not None:
     check_resume(resume_meta, run_meta, model_dir, latest)
 
   # 2. Now the run may change model_dir: config, and what killed writers left behind.
+  ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep, writer=True)
   if jax.process_index() == 0:
     if gin_config:
       checkpointing.write_text_atomic(mdir / "config.gin", gin_config)
@@ -508,7 +512,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
                       knows_best="best" in resume_meta)
     if verbose and jax.process_index() == 0:
       print(f"Resuming {model_dir} from step {start_step}.", flush=True)
-  elif jax.process_index() == 0:
+  else:
     # No committed checkpoint: exports and best/ steps are a killed first try's; redone.
     ckpt.prune_best([])
     checkpointing.remove_numpy_after(model_dir, -1)
@@ -541,7 +545,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   guard = FiniteGuard(lambda at: diverged_message(at, model_dir, _learning_rate(opt_state),
                                                   last_good))
   losses: list[tuple[int, float]] = []
-  stopped_early = False
+  stopped_early = _patience_spent(evals, eval_cfg)  # a rerun of a run that stopped early
   jitted = None
   step = start_step
 
@@ -567,14 +571,13 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
     evals = record_eval(evals, at_step, results, eval_cfg.best_metric, eval_cfg.mode)
     if evals.best is not None and evals.best[0] == at_step:
       save(at_step, best_ckpt=True)
-    patience = eval_cfg.early_stopping_patience
-    stopped_early = bool(eval_cfg.best_metric and patience and evals.bad_evals >= patience)
+    stopped_early = _patience_spent(evals, eval_cfg)
     if jax.process_index() == 0:
       print(f"eval step {at_step}: {progress.format_metrics(results)}", flush=True)
 
   with partitioner:
     data_iter = data_lib.iterate(ds, train_dataset_cfg.mixture_or_task_name)
-    while step < end_step:
+    while step < end_step and not stopped_early:
       batch = next(data_iter)
       batch = {k: v for k, v in batch.items() if k in (
           "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -626,6 +629,12 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
                      stopped_early=stopped_early)
 
 
+def _patience_spent(evals: EvalState, eval_cfg: Optional[EvalConfig]) -> bool:
+  """Whether early stopping ends the run: EARLY_STOPPING_PATIENCE evaluations without gain."""
+  patience = eval_cfg and eval_cfg.best_metric and eval_cfg.early_stopping_patience
+  return bool(patience and evals.bad_evals >= patience)
+
+
 def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict[str, float]:
   """Per-token loss and accuracy, grad norm and learning rate of one step's host metrics."""
   tokens = max(float(m["num_tokens"]), 1.0)
@@ -646,8 +655,6 @@ def _heal_resumed_run(ckpt: checkpointing.RunCheckpointer, model_dir: str, step:
   written again, from the restored state or from best/. A checkpoint from before
   the meta held the best step (`knows_best` False) leaves best/ as it is.
   """
-  if jax.process_index() != 0:
-    return
   best_step = evals.best[0] if evals.best else None
   if knows_best:
     ckpt.prune_best([best_step] if best_step is not None else [])

@@ -135,6 +135,15 @@ def test_resumed_run_equals_uninterrupted(task, tmp_path, monkeypatch, scripted_
   assert got == uninterrupted
 
 
+def test_rerun_of_an_early_stopped_run_stays_stopped(task, tmp_path, scripted_scores):
+  _train(tmp_path, task)
+  metrics = (tmp_path / "metrics.json").read_text()
+  result = _train(tmp_path, task)
+  assert result.step == 10 and result.stopped_early and result.best == (4, 0.9)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+  assert (tmp_path / "metrics.json").read_text() == metrics
+
+
 def test_best_numpy_export_matches_best_checkpoint(task, tmp_path, scripted_scores):
   """`spot library add --from-model-dir DIR --step <best>` needs the best step's export."""
   import orbax.checkpoint as ocp
