@@ -43,6 +43,8 @@ def register_local(data_dir, vocabulary: Optional[seqio.Vocabulary] = None) -> l
     fn = getattr(module, "register_local", None)
     if fn is not None:
       names.extend(fn(data_dir, vocabulary=vocabulary) or [])
+  from spot.tasks import common
+  common.refresh_mixtures(names)
   if not names:
     from spot import errors
     raise errors.DataError(f"No task could be registered from DATA_DIR={data_dir!r}: no GLUE, "
@@ -67,4 +69,6 @@ def use_vocabulary(vocabulary: seqio.Vocabulary) -> list[str]:
     names += importlib.import_module(f"{__name__}.{name}").use_vocabulary(vocabulary) or []
   if names:
     names += importlib.import_module(f"{__name__}.mixtures").use_vocabulary(vocabulary)
+    from spot.tasks import common
+    common.refresh_mixtures(names)
   return names

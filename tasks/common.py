@@ -525,3 +525,28 @@ def local_task_keys(specs: Mapping[str, TaskSpec], data_dir: DataDirs,
   """The directories a DATA_DIR hook searches and the task keys with files there."""
   roots = local_roots(data_dir, subfolders)
   return roots, [key for key, spec in specs.items() if has_local_files(roots, spec.layout)]
+
+
+def refresh_mixtures(changed: Sequence[str]) -> list[str]:
+  """Re-registers every mixture holding one of the `changed` tasks (or a mixture
+  refreshed here), so it uses their new registrations.
+
+  A SeqIO mixture keeps the task objects it was built with; after DATA_DIR or
+  SPM_PATH re-registered spot's tasks, a mixture of your own module would still
+  read TFDS or tokenize with the old vocabulary. Names, rates and the sampling
+  function are kept. Returns the refreshed mixture names.
+  """
+  stale, refreshed = set(changed), []
+  for _ in range(4):  # mixtures of mixtures: a few passes reach a fixed point
+    todo = [name for name in sorted(seqio.MixtureRegistry.names()) if name not in refreshed
+            and stale & set(seqio.MixtureRegistry.get(name)._task_map)]  # pylint: disable=protected-access
+    if not todo:
+      break
+    for name in todo:
+      old = seqio.MixtureRegistry.get(name)
+      rates = list(old._task_to_rate.items())  # pylint: disable=protected-access
+      seqio.MixtureRegistry.remove(name)
+      seqio.MixtureRegistry.add(name, rates, sample_fn=old._sample_fn)  # pylint: disable=protected-access
+      refreshed.append(name)
+      stale.add(name)
+  return refreshed

@@ -124,3 +124,21 @@ def test_an_unreadable_tfds_dataset_is_a_data_error_naming_it(monkeypatch):
   with pytest.raises(errors.DataError, match=r"glue/mnli:2.0.0 \(split 'train'\) cannot be "
                      r"read: .*--tfds_data_dir.*DATA_DIR"):
     source.get_dataset("train")
+
+
+def test_a_mixture_of_your_own_follows_the_re_registered_tasks(shared_data, vocab,
+                                                               default_registry):
+  """SeqIO mixtures keep task objects; one over spot's tasks is rebuilt with them."""
+  seqio.MixtureRegistry.remove("my_pair_mix")
+  seqio.MixtureRegistry.add("my_pair_mix", [("spot_glue_rte", 2.0), ("spot_glue_sst2", 1.0)])
+  try:
+    data_lib.get_task("my_pair_mix", vocabulary=vocab)
+    mix = seqio.get_mixture_or_task("my_pair_mix")
+    assert {t.output_features["targets"].vocabulary.sentencepiece_model_file
+            for t in mix.tasks} == {vocab.sentencepiece_model_file}
+    assert mix.get_rate(seqio.get_mixture_or_task("spot_glue_rte")) == 2.0
+    data_lib.get_task("my_pair_mix", data_dir=str(shared_data))
+    mix = seqio.get_mixture_or_task("my_pair_mix")
+    assert all(isinstance(t.source, spot.tasks.common.LocalDataSource) for t in mix.tasks)
+  finally:
+    seqio.MixtureRegistry.remove("my_pair_mix")
