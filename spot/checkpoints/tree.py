@@ -115,8 +115,9 @@ def infer_config(params: Mapping[str, Any], **overrides: Any) -> T5Config:
   Shapes fix the vocabulary, widths, heads, depths, bucket count, whether the
   MLP is gated (`wi_0`/`wi_1` -> T5 1.1 gated GELU, `wi` -> T5 1.0 ReLU) and
   whether logits are tied (no `decoder/logits_dense`). They cannot fix
-  `relative_attention_max_distance` (default 128), the exact activation or the
-  layer-norm epsilon: pass those as keyword overrides when they differ.
+  `relative_attention_max_distance`: it is the matching published size's (8
+  for t5_1_1_tiny), else 128; nor the exact activation or the layer-norm
+  epsilon: pass those as keyword overrides when they differ.
   A scanned tree (`encoder/layers/...`) gives `scan_layers=True` and its axis.
 
   Raises:
@@ -153,7 +154,16 @@ def infer_config(params: Mapping[str, Any], **overrides: Any) -> T5Config:
       logits_via_embedding="decoder/logits_dense/kernel" not in flat,
       relative_attention_num_buckets=buckets)
   fields.update(overrides)
-  return T5Config(**fields)
+  config = T5Config(**fields)
+  if "relative_attention_max_distance" not in overrides:
+    # Shapes cannot tell the distance; a published size's shapes tell its value
+    # (8 for the tiny test config, 128 for the others).
+    from spot.models import config as config_lib  # pylint: disable=g-import-not-at-top
+    name = config_lib.match_config(config)
+    if name:
+      config = config.replace(relative_attention_max_distance=config_lib.get_config(
+          name).relative_attention_max_distance)
+  return config
 
 
 def format_table(shapes: Mapping[str, Shape], dtypes: Optional[Mapping[str, str]] = None) -> str:

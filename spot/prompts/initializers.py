@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spot import errors
+
 Array = Any
 Initializer = Callable[[jax.Array, Sequence[int]], jax.Array]
 Embeddings = Union[np.ndarray, jax.Array, Callable[[], Any]]
@@ -131,14 +133,39 @@ def from_array(prompt: Array) -> Initializer:
 
 
 def load_npy(path: str) -> np.ndarray:
-  """Reads a prompt saved with np.save (with or without the `.npy` suffix, any epath)."""
+  """Reads a prompt `[P, D]` saved with np.save (with or without `.npy`, any epath).
+
+  Never unpickles. A missing, truncated, pickled or non-numpy file, a prompt
+  that is not 2-D floats, or one holding NaN/inf raises a DataError naming
+  the file (so a bad PROMPT_FILE is never blamed on the learning rate).
+  """
   from etils import epath  # local: keeps module import light
   p = epath.Path(path)
   if not p.exists():
-    raise FileNotFoundError(f"Prompt file {path} does not exist; pass the path of a .npy file "
-                            "or of a numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt file.")
-  with p.open("rb") as f:
-    return np.load(f, allow_pickle=False)
+    raise errors.MissingInputError(
+        f"Prompt file {path} does not exist; pass the path of a .npy file or of a "
+        "numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt file.")
+  try:
+    with p.open("rb") as f:
+      value = np.load(f, allow_pickle=False)
+  except ValueError as e:
+    why = ("it holds pickled Python objects, which spot never loads"
+           if "pickle" in str(e).lower() else f"it is not a numpy .npy file ({e})")
+    raise errors.DataError(f"Prompt file {path}: {why}; save the prompt with "
+                           "np.save(path, np.asarray(prompt, np.float32)).") from None
+  except (EOFError, OSError) as e:
+    raise errors.DataError(f"Prompt file {path} is truncated or unreadable ({e}); "
+                           "export it again.") from None
+  if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.issubdtype(
+      value.dtype, np.floating):
+    shape = getattr(value, "shape", None)
+    raise errors.DataError(f"Prompt file {path} holds {getattr(value, 'dtype', type(value))} "
+                           f"of shape {shape}; a prompt is a float array [length, embed_dim].")
+  if not np.isfinite(value).all():
+    bad = int((~np.isfinite(value)).sum())
+    raise errors.DataError(f"Prompt file {path} holds {bad} NaN/inf values; use a prompt from "
+                           "a run that did not diverge (an earlier numpy checkpoint).")
+  return value
 
 
 def from_npy(path: str) -> Initializer:
@@ -183,9 +210,10 @@ def _lazy(read: Callable[[], Array], what: str) -> Initializer:
   def init(rng, shape, dtype=jnp.float32):
     value = np.asarray(read())
     if tuple(value.shape) != tuple(shape):
-      raise ValueError(f"Prompt from {what} has shape {tuple(value.shape)} but the model's "
-                       f"prompt has shape {tuple(shape)}; set PROMPT_LENGTH={value.shape[0]} "
-                       f"or use a matching prompt.")
+      raise errors.DataError(
+          f"Prompt from {what} has shape {tuple(value.shape)} but the model's prompt has "
+          f"shape {tuple(shape)}; set PROMPT_LENGTH={value.shape[0]} (and a model of embed "
+          f"dim {value.shape[-1]}) or use a matching prompt.")
     return from_array(value)(rng, shape, dtype)
 
   return init
