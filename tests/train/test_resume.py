@@ -215,3 +215,13 @@ def test_training_eval_saves_predictions_and_separate_summaries(task, tmp_path):
   assert "eval/score" in _event_tags(tmp_path / "training_eval" / "resume_tiny")
   train_tags = _event_tags(tmp_path / "train")
   assert "train/loss" in train_tags and not any(t.startswith("eval/") for t in train_tags)
+
+
+def test_summaries_skip_non_finite_values(tmp_path):
+  from spot.train import progress
+  summaries = progress.Summaries(str(tmp_path / "train"))
+  summaries.scalars(1, {"eval/pearson": float("nan"), "eval/none": None, "eval/inf": float("inf"),
+                        "eval/accuracy": 0.5})
+  summaries.close()
+  assert _event_tags(tmp_path / "train") == {"eval/accuracy"}
+  assert progress.format_metrics({"b": None, "a": 0.25}) == "a 0.25, b nan"
