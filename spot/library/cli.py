@@ -22,7 +22,7 @@ import numpy as np
 from spot import errors
 from spot.library import archive, fs, retrieval, similarity, sources, transfer
 from spot.library.entry import ModelInfo, Provenance, encode_array
-from spot.library.errors import LibraryError, LibraryUsageError, LibraryWarning
+from spot.library.errors import LibraryError, ModelMismatchError, LibraryUsageError, LibraryWarning
 from spot.library.store import PromptLibrary
 
 PROG = "spot library"
@@ -207,6 +207,9 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     raise LibraryUsageError("--best and --step N both pick the step; pass one of them.")
   if args.prompt:
     prompt = sources.read_npy(args.prompt, "--prompt")
+    if prompt.ndim != 2:
+      raise LibraryError(f"--prompt {args.prompt} holds shape {prompt.shape}; a prompt is "
+                         "[tokens, embed_dim]: save the encoder prompt variable itself.")
   elif args.from_model_dir:
     run_dir = sources.absolute(args.from_model_dir)
     step = sources.best_step(run_dir) if args.best else args.step
@@ -286,8 +289,13 @@ def _query(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     raise LibraryUsageError("--init and --init-out go together: --init weighted_average "
                             "--init-out init.npy")
   query = args.entry or sources.read_npy(args.embedding, "--embedding")
-  ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k,
-                          prompt_length=args.prompt_length)
+  try:
+    ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k,
+                            prompt_length=args.prompt_length)
+  except ModelMismatchError as e:
+    if args.entry:
+      raise
+    raise ModelMismatchError(f"--embedding {args.embedding}: {e}") from None
   messages = []
   if args.init:
     init = transfer.init_prompt(lib, ranked, args.init)
