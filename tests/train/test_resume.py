@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -165,16 +166,17 @@ def test_nan_metric_is_null_everywhere(task, tmp_path, monkeypatch, capsys, capl
             6: {"pearson": float("nan"), "accuracy": 75.0}}
   monkeypatch.setattr(evaluation.Evaluator, "evaluate", lambda self, params, step: {
       f"resume_tiny/{k}": v for k, v in values[step].items()})
-  written = {}
-  from spot import report
-  monkeypatch.setattr(report, "write_run_metrics",
-                      lambda run_dir, task, method, seed, scores, **kw: written.update(scores))
   cfg = trainer.EvalConfig(period=2, num_examples=4, batch_size=4, best_metric="pearson")
   with caplog.at_level(logging.WARNING):
     result = helpers.quick_train(tmp_path, task, train_steps=6, eval_cfg=cfg)
   assert result.best == (4, 0.25)
   assert result.eval_history[0][1] == {"resume_tiny/pearson": None, "resume_tiny/accuracy": 50.0}
-  assert written == {"pearson": 0.25, "accuracy": None}  # the best eval, NaN as null
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["scores"] == {"pearson": 0.25, "accuracy": None}  # the best eval, NaN as null
+  assert metrics["step"] == 4
+  umask = os.umask(0o022)
+  os.umask(umask)
+  assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask
   out = capsys.readouterr().out
   assert "eval step 2: resume_tiny/accuracy 50, resume_tiny/pearson nan" in out
   assert any("resume_tiny/pearson is nan at step 2" in r.getMessage() for r in caplog.records)
@@ -188,10 +190,10 @@ def test_all_nan_best_metric_never_wins(task, tmp_path, monkeypatch):
                       lambda self, params, step: {"resume_tiny/score": float("nan")})
   cfg = trainer.EvalConfig(period=2, num_examples=4, batch_size=4, best_metric="score",
                            early_stopping_patience=2)
-  from spot import report
-  monkeypatch.setattr(report, "write_run_metrics", lambda *a, **k: None)
   result = helpers.quick_train(tmp_path, task, train_steps=8, eval_cfg=cfg)
   assert result.best is None
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["scores"] == {"score": None} and metrics["step"] == 4  # the last eval
   assert result.stopped_early and result.step == 4
   assert not list((tmp_path / "best").iterdir())
 
