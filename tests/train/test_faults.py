@@ -341,3 +341,29 @@ def test_step_is_finite_flags_overflowing_parameters():
     flag = trainer.step_is_finite(jnp.float32(loss), {"g": jnp.full(3, grad)},
                                   {"p": jnp.full(3, param, jnp.float32)})
     assert not bool(flag), (loss, grad, param)
+
+
+def test_cli_huge_learning_rate_exits_5_with_one_line(shared_data, tmp_path, capsys,
+                                                      monkeypatch):
+  """The issue's repro: LEARNING_RATE=1e39, LOG_EVERY=10, CHECKPOINT_PERIOD=5, KEEP 1."""
+  from spot import cli
+  monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[2])
+  monkeypatch.delenv("SPOT_DEBUG", raising=False)
+  code = cli.spot_main([
+      "train", "--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
+      "--gin_file=spot/gin/runs/prompt_finetune.gin",
+      f"--gin.SPM_PATH='{shared_data / 't5_vocab' / 'spiece.model'}'",
+      f"--gin.DATA_DIR='{shared_data}'", "--gin.MIXTURE_OR_TASK_NAME='spot_glue_rte'",
+      "--gin.MIXTURE_OR_TASK_MODULE='spot.tasks'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.PROMPT_LENGTH=4",
+      "--gin.TRAIN_STEPS=20", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
+      "--gin.LEARNING_RATE=1e39", "--gin.LOG_EVERY=10", "--gin.CHECKPOINT_PERIOD=5",
+      "--gin.KEEP_CHECKPOINTS=1",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{shared_data / helpers.TINY_CHECKPOINT}'",
+      f"--gin.MODEL_DIR='{tmp_path}'"])
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("spot ")]
+  assert code == errors.EXIT_DIVERGED
+  assert len(err) == 1 and err[0].startswith(
+      f"spot train: Training diverged at step 1 of MODEL_DIR {tmp_path}:"), err
+  assert "no checkpoint was saved before it" in err[0]
+  assert not [p for p in (tmp_path / "checkpoints").iterdir()]
