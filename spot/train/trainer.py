@@ -183,12 +183,17 @@ def make_train_step(model: EncoderDecoderModel, tx: optax.GradientTransformation
 def diverged_message(step: int, model_dir: str, learning_rate: Optional[float],
                      last_good: Optional[tuple[int, str]]) -> str:
   """The one-line DivergedError message: where, the last good checkpoint, what to change."""
-  lr = f"LEARNING_RATE={learning_rate:g}" if learning_rate is not None else "LEARNING_RATE"
+  if learning_rate is None:
+    lr = "LEARNING_RATE"
+  elif math.isfinite(learning_rate):
+    lr = f"LEARNING_RATE={learning_rate:g}"
+  else:
+    lr = "LEARNING_RATE (beyond float32's range)"
   where = (f"the last good checkpoint is step {last_good[0]} at {last_good[1]}"
            if last_good else "no checkpoint was saved before it")
   return (f"Training diverged at step {step} of MODEL_DIR {model_dir}: the loss, gradients or "
           f"updated parameters are not finite or exceed {PARAM_LIMIT:.3g} (float32 overflow); "
-          f"nothing from that step was saved and {where}. Resuming with the same {lr} diverges "
+          f"nothing from that step was saved and {where}. Rerunning with the same {lr} diverges "
           "again (training is deterministic): lower LEARNING_RATE and use a new MODEL_DIR, or "
           "resume this MODEL_DIR with a lower LEARNING_RATE.")
 

@@ -309,6 +309,8 @@ def test_huge_learning_rate_fails_before_any_save(task, tmp_path, lr):
     helpers.quick_train(tmp_path, task, train_steps=20, optimizer=optimizers.adafactor(lr),
                         log_every=10, checkpoint_cfg=trainer.CheckpointConfig(period=5, keep=1))
   _assert_diverged(info, 1, "no checkpoint was saved before it")
+  if lr == 1e30:
+    assert "Rerunning with the same LEARNING_RATE=1e+30 diverges again" in str(info.value)
   assert not list((tmp_path / "checkpoints").iterdir())
   assert not (tmp_path / "numpy_checkpoints").exists()
 
@@ -323,7 +325,8 @@ def test_divergence_between_log_steps_keeps_the_last_good_checkpoint(task, tmp_p
     helpers.quick_train(tmp_path, task, train_steps=20, optimizer=optimizers.adafactor(1e39),
                         **cfg)
   _assert_diverged(info, 6, f"the last good checkpoint is step 5 at {tmp_path}/checkpoints/5")
-  assert "LEARNING_RATE=inf" in str(info.value) or "LEARNING_RATE=1e+39" in str(info.value)
+  assert "Rerunning with the same LEARNING_RATE (beyond float32's range) diverges" in str(
+      info.value)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["5"]
   assert sorted(p.name for p in (tmp_path / "numpy_checkpoints").iterdir()) == ["checkpoint_5"]
   # ... and resuming with a sane rate carries on from the good step.
