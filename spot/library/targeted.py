@@ -149,17 +149,39 @@ def examples_proportional(cap: int) -> Callable[[Any], float]:
   return rate
 
 
+def expand_mixtures(names: Sequence[str]) -> list[str]:
+  """Task names with every registered mixture replaced by its tasks (first seen first).
+
+  A source entry trained on a mixture (SPoT's GLUE source: task 'spot_glue_mix')
+  contributes that mixture's tasks to the target's multi-task mixture.
+  """
+  out: list[str] = []
+  mixtures = set(seqio.MixtureRegistry.names())
+  for name in names:
+    if name in mixtures:
+      # As SeqIO's Mixture.get_dataset does: members without a train split (e.g.
+      # a DATA_DIR holding only their dev file) take no part in training.
+      members = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(name))
+                 if "train" in (getattr(t.source, "splits", None) or ("train",))]
+    else:
+      members = [name]
+    out.extend(m for m in members if m not in out)
+  return out
+
+
 def register_mixture(tasks: Sequence[str], *, module: Optional[str], data_dir: Any,
                      cap: int = DEFAULT_MIXTURE_CAP) -> tuple[str, dict[str, float]]:
   """Registers an examples-proportional SeqIO mixture of `tasks`; returns (name, rates).
 
   The tasks are first registered as the run registers them (spot.train.data.get_task:
-  `module` imported, then spot.tasks, then the DATA_DIR local-file versions);
+  `module` imported, then spot.tasks, then the DATA_DIR local-file versions), and
+  mixtures among them are replaced by their tasks;
   the mixture then looks them up by name whenever it is read, and rates each
   by its training examples then (local files are counted).
   """
   from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.get_task(tasks[-1], module, data_dir)  # imports and registers; the target must exist
+  tasks = expand_mixtures(tasks)
   registered = set(seqio.TaskRegistry.names())
   missing = [t for t in tasks if t not in registered]
   if missing:
