@@ -127,9 +127,12 @@ def run_cli(prog: str, fn: Callable[[], Optional[int]]) -> int:
   """Runs a command, turning any failure into one line on stderr and an exit code."""
   try:
     return int(fn() or 0)
-  except SystemExit as e:  # argparse's usage errors and --help
+  except SystemExit as e:  # argparse's usage errors and --help; SystemExit("message")
     code = e.code
-    return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    if code is None or isinstance(code, int):
+      return code or 0
+    print(one_line(str(code)), file=sys.stderr)
+    return EXIT_USAGE
   except BrokenPipeError:  # `spot library list --json | head`
     _silence_stdout()
     return EXIT_OK

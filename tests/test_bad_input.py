@@ -3,7 +3,8 @@ input, exits with its kind's code (spot.errors) and changes nothing on disk.
 
 Each case runs the console entry point in this process (`spot.cli.spot_main`),
 against a finished run, a library and other files that already exist; after
-the command fails, their bytes and modes must be as before.
+the command fails, their bytes and modes must be as before. With
+SPOT_BAD_INPUT_TABLE=FILE, each case appends `| case | exit | message |` to FILE.
 """
 
 from __future__ import annotations
@@ -265,5 +266,10 @@ def test_bad_input_is_one_line_naming_the_input(world, case, capsys, monkeypatch
   assert "Traceback" not in err, err[-3000:]
   assert len(lines) == 1, err[-3000:]
   assert case.names(world) in lines[0], lines[0]
+  table = os.environ.get("SPOT_BAD_INPUT_TABLE")
+  if table:
+    shown = lines[0].replace(str(world["root"]), "$TMP").replace("|", "\\|")
+    with open(table, "a", encoding="utf-8") as f:
+      f.write(f"| {case.id} | {code} | {shown} |\n")
   assert snapshot(*watched) == before, "a failed command changed files on disk"
   assert not (world["root"] / "new_run" / "config.gin").exists()

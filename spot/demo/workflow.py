@@ -410,7 +410,8 @@ class Workflow:
                if results else [])
     record = RunRecord(name=name, task=task, init=init, model_dir=str(model_dir), steps=steps,
                        curve=curve, losses=[(int(s), float(l)) for s, l in result.losses],
-                       results={k: float(v) for k, v in results.items()},
+                       # a metric the trainer recorded as null (not finite) is left out
+                       results={k: float(v) for k, v in results.items() if v is not None},
                        seconds=time.perf_counter() - start,
                        cpu_seconds=time.process_time() - cpu)
     record.save()

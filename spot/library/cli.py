@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 import warnings
 from typing import Any, Callable, Optional, Sequence, TextIO
 
@@ -441,6 +442,8 @@ def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[TextIO] = Non
       payload, text, *status = COMMANDS[args.command](lib, args)
     except errors.SpotError as e:  # typed: one line and its exit code (spot.errors)
       _report(caught, stderr)
+      if errors.debug_enabled():
+        traceback.print_exc(file=stderr)
       print(f"{PROG} {args.command}: error: {errors.one_line(str(e))}", file=stderr)
       return e.exit_code
   _report(caught, stderr)

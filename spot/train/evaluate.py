@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Mapping, Optional
 
 import jax
@@ -40,22 +42,27 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     if gin_config:
-      (out / "config_eval.gin").write_text(gin_config)
+      checkpointing.write_text_atomic(out / "config_eval.gin", gin_config)
   params = state_lib.params_for_inference(model, initial_checkpoint_path, restore_model_dir,
                                           use_best, seed)
   eval_cfg = EvalConfig(split=dataset_cfg.split, num_examples=num_examples,
                         batch_size=dataset_cfg.batch_size,
                         task_feature_lengths=dataset_cfg.task_feature_lengths, decode=decode)
   with partitioner:
-    results = Evaluator(model, dataset_cfg, eval_cfg, partitioner).evaluate(params, 0)
+    # model_dir: SeqIO's loggers save the predictions (inference_eval/*.jsonl), as in training.
+    results = Evaluator(model, dataset_cfg, eval_cfg, partitioner,
+                        model_dir=str(out)).evaluate(params, 0)
+  # A NaN metric (STS-B's correlation of constant predictions) is recorded as null.
+  results = {k: (float(v) if v is not None and math.isfinite(v) else None)
+             for k, v in results.items()}
   if jax.process_index() == 0:
     checkpointing.write_json_atomic(out / "eval_results.json", results)
     summaries = progress.Summaries(str(out / "eval"))
-    summaries.scalars(0, {f"eval/{k}": v for k, v in results.items()})
+    summaries.scalars(0, {f"eval/{k}": v for k, v in results.items() if v is not None})
     summaries.close()
     for k, v in sorted(results.items()):
-      print(f"{k}: {v:.4f}", flush=True)
+      print(f"{k}: {'null (not finite)' if v is None else f'{v:.4f}'}", flush=True)
     from spot.train.trainer import write_xgen_scores
-    write_xgen_scores(model, output_dir, results,
+    write_xgen_scores(model, output_dir, {k: v for k, v in results.items() if v is not None},
                       method or ("pt" if model.prompt is not None else "mt"), seed=seed)
   return results

@@ -372,11 +372,19 @@ def trainable_shapes(tree: Any) -> dict[str, list[int]]:
   return {k: list(np.shape(v)) for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
 
 
+def _absolute_checkpoint(path: Optional[str]) -> Optional[str]:
+  """A local checkpoint path made absolute; gs:// paths, "random" and None as given."""
+  if not path or path == "random" or "://" in str(path):
+    return path
+  from spot.checkpoints import layout  # pylint: disable=g-import-not-at-top
+  return str(layout.resolve(path))
+
+
 def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir: str,
                  step: int) -> None:
   """Refuses a resume that cannot continue the saved run; reads only the checkpoint meta."""
   saved, given = meta.get("base_checkpoint"), run_meta["base_checkpoint"]
-  if saved != given:
+  if saved != given and _absolute_checkpoint(saved) != given:
     raise errors.UsageError(
         f"MODEL_DIR {model_dir} was trained from base checkpoint {saved!r}, not "
         f"INITIAL_CHECKPOINT_PATH={given!r}; use the same INITIAL_CHECKPOINT_PATH or a new "
@@ -451,6 +459,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   mdir = epath.Path(model_dir)
   abstract_tr, _ = trainable_lib.split(
       jax.eval_shape(model.init_params, jax.random.PRNGKey(0)), trainable)
+  # Recorded as an absolute path, so eval, export and the library find the base
+  # from any working directory (users type relative local paths).
+  initial_checkpoint_path = _absolute_checkpoint(initial_checkpoint_path)
   run_meta = {
       "base_checkpoint": initial_checkpoint_path,
       "model_config": model.config.to_dict(),
