@@ -131,7 +131,8 @@ def run_cli(prog: str, fn: Callable[[], Optional[int]]) -> int:
     code = e.code
     if code is None or isinstance(code, int):
       return code or 0
-    print(one_line(str(code)), file=sys.stderr)
+    text = one_line(str(code))
+    print(text if text.startswith(prog.split()[0] + " ") else f"{prog}: {text}", file=sys.stderr)
     return EXIT_USAGE
   except BrokenPipeError:  # `spot library list --json | head`
     _silence_stdout()

@@ -546,7 +546,9 @@ def refresh_mixtures(changed: Sequence[str]) -> list[str]:
       old = seqio.MixtureRegistry.get(name)
       rates = list(old._task_to_rate.items())  # pylint: disable=protected-access
       seqio.MixtureRegistry.remove(name)
-      seqio.MixtureRegistry.add(name, rates, sample_fn=old._sample_fn)  # pylint: disable=protected-access
+      # mixture_cls keeps a subclass's behaviour (e.g. the library's by-name mixtures).
+      seqio.MixtureRegistry.add(name, rates, sample_fn=old._sample_fn,  # pylint: disable=protected-access
+                                mixture_cls=type(old))
       refreshed.append(name)
       stale.add(name)
   return refreshed

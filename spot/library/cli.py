@@ -416,6 +416,9 @@ COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {
 def _report(caught: Sequence[warnings.WarningMessage], stderr: TextIO) -> None:
   seen = set()
   for w in caught:
+    if not issubclass(w.category, LibraryWarning):  # others (TF, SeqIO) go on as usual
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+      continue
     text = str(w.message)
     if text not in seen:
       seen.add(text)

@@ -147,10 +147,12 @@ def load_npy(path: str) -> np.ndarray:
         "numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt file.")
   try:
     with p.open("rb") as f:
+      is_npy = f.read(6) == b"\x93NUMPY"
+      f.seek(0)
       value = np.load(f, allow_pickle=False)
   except ValueError as e:
     why = ("it holds pickled Python objects, which spot never loads"
-           if "pickle" in str(e).lower() else f"it is not a numpy .npy file ({e})")
+           if is_npy and "pickle" in str(e).lower() else "it is not a numpy .npy file")
     raise errors.DataError(f"Prompt file {path}: {why}; save the prompt with "
                            "np.save(path, np.asarray(prompt, np.float32)).") from None
   except (EOFError, OSError) as e:

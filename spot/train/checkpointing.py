@@ -299,7 +299,8 @@ def save_prompt_numpy(model_dir: str, step: int, trainable: Mapping[str, Any],
   written in a temporary directory and renamed so a reader never sees half.
   An existing export of the step is moved aside first and removed last; a kill
   in between leaves `.checkpoint_<step>.*` folders that `remove_stale_exports`
-  clears on the next start.
+  clears (or, for a moved-aside export with no replacement, restores) on the
+  next start.
   """
   if jax.process_index() != 0:
     return []
@@ -329,6 +330,13 @@ def remove_stale_exports(model_dir: str) -> list[str]:
   removed = []
   root = epath.Path(model_dir)
   for p in list((root / NUMPY_DIR).glob(".checkpoint_*")) if (root / NUMPY_DIR).exists() else []:
+    if ".old" in p.name and p.is_dir():
+      # A kill between moving the old export aside and renaming the new one in:
+      # the old export is the only copy, so it goes back.
+      final = root / NUMPY_DIR / p.name[1:].split(".old", 1)[0]
+      if not final.exists():
+        p.rename(final)
+        continue
     if ".tmp" in p.name or ".old" in p.name:
       p.rmtree() if p.is_dir() else p.unlink()
       removed.append(os.fspath(p))

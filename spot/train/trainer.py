@@ -591,50 +591,52 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
     if jax.process_index() == 0:
       print(f"eval step {at_step}: {progress.format_metrics(results)}", flush=True)
 
-  with partitioner:
-    data_iter = data_lib.iterate(ds, train_dataset_cfg.mixture_or_task_name)
-    while step < end_step and not stopped_early:
-      batch = next(data_iter)
-      batch = {k: v for k, v in batch.items() if k in (
-          "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-          "decoder_loss_weights", *model.prompt_input_names)}
-      gbatch = partitioner.shard_batch(batch, train_dataset_cfg.batch_size)
-      if jitted is None:
-        jitted = jax.jit(step_fn,
-                         in_shardings=(tr_sh, opt_sh, fr_sh, partitioner.batch_shardings(batch),
-                                       rep, rep),
-                         out_shardings=(tr_sh, opt_sh, rep), donate_argnums=(0, 1))
-      tr, opt_state, metrics = jitted(tr, opt_state, frozen, gbatch,
-                                      jnp.asarray(step, jnp.int32), base_rng)
-      step += 1
-      guard.push(step, metrics["finite"])
-      if prog.should_log(step) or step == end_step:
-        guard.check()
-        scalars = _train_scalars(jax.device_get(metrics), _learning_rate(opt_state))
-        losses.append((step, scalars["loss"]))
-        if verbose:
-          prog.log(step, scalars)
-        summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
-                                     **{"train/steps_per_sec": prog.steps_per_sec}))
-      # Evaluate before saving, so the step's checkpoint meta holds its evaluation
-      # (also at a stop_after_steps end: the resumed run will not come back to it).
-      if (evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0
-          and step < train_steps):
+  try:
+    with partitioner:
+      data_iter = data_lib.iterate(ds, train_dataset_cfg.mixture_or_task_name)
+      while step < end_step and not stopped_early:
+        batch = next(data_iter)
+        batch = {k: v for k, v in batch.items() if k in (
+            "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+            "decoder_loss_weights", *model.prompt_input_names)}
+        gbatch = partitioner.shard_batch(batch, train_dataset_cfg.batch_size)
+        if jitted is None:
+          jitted = jax.jit(step_fn,
+                           in_shardings=(tr_sh, opt_sh, fr_sh, partitioner.batch_shardings(batch),
+                                         rep, rep),
+                           out_shardings=(tr_sh, opt_sh, rep), donate_argnums=(0, 1))
+        tr, opt_state, metrics = jitted(tr, opt_state, frozen, gbatch,
+                                        jnp.asarray(step, jnp.int32), base_rng)
+        step += 1
+        guard.push(step, metrics["finite"])
+        if prog.should_log(step) or step == end_step:
+          guard.check()
+          scalars = _train_scalars(jax.device_get(metrics), _learning_rate(opt_state))
+          losses.append((step, scalars["loss"]))
+          if verbose:
+            prog.log(step, scalars)
+          summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
+                                       **{"train/steps_per_sec": prog.steps_per_sec}))
+        # Evaluate before saving, so the step's checkpoint meta holds its evaluation
+        # (also at a stop_after_steps end: the resumed run will not come back to it).
+        if (evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0
+            and step < train_steps):
+          run_eval(step)
+        if stopped_early:
+          if verbose and jax.process_index() == 0:
+            print(f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
+                  f"in {eval_cfg.early_stopping_patience} evaluations.", flush=True)
+          break  # saved below
+        if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
+          save(step)
+      if (evaluator is not None and (step == train_steps or stopped_early)
+          and not evals.evaluated(step)):
         run_eval(step)
-      if stopped_early:
-        if verbose and jax.process_index() == 0:
-          print(f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
-                f"in {eval_cfg.early_stopping_patience} evaluations.", flush=True)
-        break  # saved below
-      if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
+      if step > start_step or latest is None:
         save(step)
-    if (evaluator is not None and (step == train_steps or stopped_early)
-        and not evals.evaluated(step)):
-      run_eval(step)
-    if step > start_step or latest is None:
-      save(step)
-  summaries.close()
-  ckpt.close()
+  finally:  # also on a divergence or an error: flush summaries, release orbax
+    summaries.close()
+    ckpt.close()
   if evals.history and jax.process_index() == 0:
     _write_final_metrics(model, model_dir, train_dataset_cfg.mixture_or_task_name, evals,
                          method, seed)

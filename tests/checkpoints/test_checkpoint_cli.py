@@ -56,9 +56,9 @@ def test_convert_round_trip(tmp_path, capsys, make_params):
 def test_convert_infers_config_and_reports_errors(tiny_ckpt, tmp_path, capsys):
   assert cli.main(["convert", "--from-t5x", str(tiny_ckpt), "--to-hf", str(tmp_path / "hf")]) == 0
   err = capsys.readouterr().err
-  assert "inferred from shapes" in err and "relative_attention_max_distance=128" in err
+  assert "inferred from shapes" in err and "relative_attention_max_distance=8" in err
   config, _ = checkpoints.load_hf(tmp_path / "hf")
-  assert config.emb_dim == 4 and config.relative_attention_max_distance == 128
+  assert config.emb_dim == 4 and config.relative_attention_max_distance == 8
   # Writing over an existing directory (usage, 2), a missing checkpoint (data, 3) and a
   # config that does not fit (usage, 2) fail with one line naming the path and the fix.
   assert spot_main(["checkpoint", "convert", "--from-t5x", str(tiny_ckpt), "--to-hf",
