@@ -370,3 +370,17 @@ def test_cli_huge_learning_rate_exits_5_with_one_line(shared_data, tmp_path, cap
       f"spot train: Training diverged at step 1 of MODEL_DIR {tmp_path}:"), err
   assert "no checkpoint was saved before it" in err[0]
   assert not [p for p in (tmp_path / "checkpoints").iterdir()]
+
+
+def test_a_moved_aside_export_without_replacement_is_restored(tmp_path):
+  """A kill between moving checkpoint_4 aside and renaming its new export in."""
+  from spot.train import checkpointing as ckpt_lib
+  root = tmp_path / "numpy_checkpoints"
+  aside = root / ".checkpoint_4.old123.abcd"
+  aside.mkdir(parents=True)
+  (aside / "encoder.prompt.prompt.prompt").write_bytes(b"kept")
+  (root / ".checkpoint_6.tmp123.abcd").mkdir()
+  removed = ckpt_lib.remove_stale_exports(str(tmp_path))
+  assert (root / "checkpoint_4" / "encoder.prompt.prompt.prompt").read_bytes() == b"kept"
+  assert not aside.exists() and not (root / ".checkpoint_6.tmp123.abcd").exists()
+  assert removed == [str(root / ".checkpoint_6.tmp123.abcd")]
