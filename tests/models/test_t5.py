@@ -49,7 +49,7 @@ def test_t5_1_0_tied_relu_and_mt5_sizes():
   assert (mt5.vocab_size, mt5.emb_dim, mt5.num_heads, mt5.mlp_dim) == (250112, 4096, 64, 10240)
   assert get_config("t5_1_1_large").mlp_dim == 2816
   assert get_config("mt5_xl").emb_dim == 2048
-  with pytest.raises(ValueError, match="Unknown model config"):
+  with pytest.raises(ValueError, match="MODEL_SIZE=.huge. is not a size of t5_1_1"):
     get_config("t5_1_1_huge")
   with pytest.raises(ValueError, match="dtype"):
     T5Config(dtype="float64")
