@@ -113,10 +113,15 @@ def test_tfds_registration_reads_nothing_and_can_repeat(vocab):
   assert set(seqio.get_mixture_or_task("test_tfds_glue_mnli").splits) == {
       "train", "validation_matched", "validation_mismatched", "test_matched",
       "test_mismatched"}
-  # Import-time defaults: T5's vocabulary from GCS, loaded lazily.
-  default = seqio.get_mixture_or_task("spot_glue_sst2")
-  assert default.output_features["targets"].vocabulary.sentencepiece_model_file == (
-      "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model")
+  # Import-time defaults: T5's vocabulary from GCS, loaded lazily. Checked in a
+  # fresh process: a run in this one (SPM_PATH) re-registers the defaults.
+  import subprocess
+  import sys
+  code = ("import seqio, spot.tasks; print(seqio.get_mixture_or_task('spot_glue_sst2')"
+          ".output_features['targets'].vocabulary.sentencepiece_model_file)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, check=True).stdout.strip().splitlines()[-1]
+  assert out == "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 
 
 def test_unknown_task_key_is_rejected(vocab):
