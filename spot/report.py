@@ -42,13 +42,13 @@ import numbers
 import os
 import statistics
 import sys
-import uuid
 import warnings
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from etils import epath
 
 from spot import errors
+from spot import io as spot_io
 
 METRICS_FILE = "metrics.json"
 DEFAULT_BASELINE = "prompt_tuning"
@@ -181,30 +181,6 @@ def _json_safe(value: Any, where: str) -> Any:
   return value
 
 
-def _write_text_atomic(path: epath.Path, text: str) -> None:
-  """Writes via a temporary file and a rename, so readers never see half a file.
-
-  The file gets the permissions of a plain `open(path, "w")` (0666 less the
-  umask, 0644 usually), unlike `tempfile.mkstemp`'s 0600.
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if "://" in os.fspath(path):
-    path.write_text(text)  # object stores write whole objects
-    return
-  tmp = os.path.join(os.fspath(path.parent), f".{path.name}.{uuid.uuid4().hex}.tmp")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_run_metrics(run_dir: epath.PathLike, task: str, method: str, seed: int,
                       scores: Mapping[str, float], *, step: Optional[int] = None,
                       extra: Optional[Mapping[str, Any]] = None,
@@ -248,7 +224,8 @@ def write_run_metrics(run_dir: epath.PathLike, task: str, method: str, seed: int
     record["candidate"] = run.candidate
   if run.selection is not None:
     record["selection"] = run.selection
-  _write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
+  spot_io.write_text_atomic(
+      path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
   return path
 
 
@@ -698,9 +675,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   as_json = json.dumps(report, indent=2, sort_keys=True) + "\n"
   if args.out:
     out = epath.Path(args.out)
-    _write_text_atomic(out / "report.md", markdown)
-    _write_text_atomic(out / "report.csv", render_csv(report))
-    _write_text_atomic(out / "report.json", as_json)
+    spot_io.write_text_atomic(out / "report.md", markdown)
+    spot_io.write_text_atomic(out / "report.csv", render_csv(report))
+    spot_io.write_text_atomic(out / "report.json", as_json)
   sys.stdout.write(as_json if args.json else markdown)
   return 0
 

@@ -37,6 +37,7 @@ from etils import epath
 from flax import traverse_util
 
 from spot import errors
+from spot import io as spot_io
 
 logger = logging.getLogger(__name__)
 
@@ -44,48 +45,11 @@ COMMIT_MARKER = "commit_success.txt"
 NUMPY_DIR = "numpy_checkpoints"
 
 
-def _is_remote(path: epath.PathLike) -> bool:
-  return "://" in os.fspath(path)
-
-
-def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary sibling, fsync and rename.
-
-  The temporary file is created with mode 0666 filtered by the umask (what
-  `open()` gives, 0644 usually; `tempfile.mkstemp` would give 0600) and removed
-  when the write fails (e.g. ENOSPC), so the previous `path` stays as it was.
-  Object stores (gs://) write whole objects, so they are written directly.
-  """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if _is_remote(path):
-    path.write_bytes(data)
-    return
-  tmp = os.path.join(os.fspath(path.parent),
-                     f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    try:
-      view = memoryview(data)
-      while view:
-        view = view[os.write(fd, view):]
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-    os.replace(tmp, os.fspath(path))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_text_atomic(path: epath.PathLike, text: str) -> None:
-  write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: epath.PathLike, obj: Any) -> None:
-  """Writes JSON atomically (see `write_bytes_atomic`)."""
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+# Atomic writes live in spot.io; these names stay for the trainer and eval.
+_is_remote = spot_io.is_remote
+write_bytes_atomic = spot_io.write_bytes_atomic
+write_text_atomic = spot_io.write_text_atomic
+write_json_atomic = spot_io.write_json_atomic
 
 
 def _npy_bytes(array: Any) -> bytes:

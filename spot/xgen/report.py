@@ -22,12 +22,12 @@ import dataclasses
 import io
 import json
 import math
-import uuid
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from etils import epath
 
 from spot import errors
+from spot import io as spot_io
 from spot.xgen import languages
 
 SCORES_FILE = "xgen_scores.json"
@@ -107,12 +107,6 @@ def scores_by_language(task_metrics: Mapping[str, Mapping[str, float]]) -> dict[
   return out
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
 def write_run_scores(run_dir: PathLike, scores: Mapping[str, Mapping[str, float]], *,
                      size: str, method: str, prompt_length: Optional[int] = None,
                      **meta: Any) -> epath.Path:
@@ -147,7 +141,7 @@ def write_run_scores(run_dir: PathLike, scores: Mapping[str, Mapping[str, float]
   merged.update(header)
   merged["scores"] = {**merged.get("scores", {}), **scores}
   path.parent.mkdir(parents=True, exist_ok=True)
-  _write_atomic(path, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+  spot_io.write_text_atomic(path, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
   return path
 
 
@@ -352,7 +346,7 @@ def write_report(runs: Sequence[Run], out_dir: PathLike) -> dict[str, epath.Path
   out.mkdir(parents=True, exist_ok=True)
   paths = {"markdown": out / "report.md", "csv": out / "report.csv",
            "plot": out / "sp_rouge_vs_lid.png"}
-  _write_atomic(paths["markdown"], to_markdown(runs))
-  _write_atomic(paths["csv"], to_csv(runs))
+  spot_io.write_text_atomic(paths["markdown"], to_markdown(runs))
+  spot_io.write_text_atomic(paths["csv"], to_csv(runs))
   plot(runs, paths["plot"])
   return paths

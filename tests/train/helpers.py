@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from typing import Optional
 
 import numpy as np
 import seqio
@@ -37,33 +38,17 @@ def tiny_prompt_model(shared_data: pathlib.Path, prompt_length: int = 4,
 
 def register_counting_task(name: str, num_examples: int = 64, vocab_size: int = 64) -> str:
   """A deterministic token task (target = first two input tokens) needing no files."""
-  vocab = seqio.PassThroughVocabulary(size=vocab_size)
-  rng = np.random.RandomState(0)
-  inputs = rng.randint(3, vocab_size, size=(num_examples, 8)).astype(np.int32)
-
-  def dataset_fn(split, shuffle_files=False, seed=None):
-    del shuffle_files, seed
-    part = inputs[: num_examples // 2] if split == "train" else inputs[num_examples // 2:]
-    return tf.data.Dataset.from_tensor_slices({"inputs": part, "targets": part[:, :2]})
-
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(
-      name, source=seqio.FunctionDataSource(dataset_fn, splits=["train", "validation"]),
-      preprocessors=[seqio.preprocessors.append_eos],
-      output_features={"inputs": seqio.Feature(vocab, add_eos=True),
-                       "targets": seqio.Feature(vocab, add_eos=True)},
-      metric_fns=[])
-  return name
+  return register_tiny_task(name, num_examples=num_examples, vocab_size=vocab_size, eos_id=None)
 
 
 def register_tiny_task(name: str, metric_fns=(), num_examples: int = 64,
-                       vocab_size: int = 64) -> str:
-  """A deterministic token task (target = first two input tokens, EOS 1) needing no files.
+                       vocab_size: int = 64, eos_id: Optional[int] = 1) -> str:
+  """A deterministic token task (target = first two input tokens, EOS `eos_id`) needing
+  no files.
 
   `metric_fns` are SeqIO metric fns `(targets, predictions) -> {name: value}`.
   """
-  vocab = seqio.PassThroughVocabulary(size=vocab_size, eos_id=1)
+  vocab = seqio.PassThroughVocabulary(size=vocab_size, eos_id=eos_id)
   rng = np.random.RandomState(0)
   inputs = rng.randint(3, vocab_size, size=(num_examples, 8)).astype(np.int32)
 
