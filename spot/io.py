@@ -1,4 +1,5 @@
-"""Atomic writes for local and gs:// paths (the bottom floor: imports nothing of spot).
+"""Path helpers and atomic writes for local and gs:// paths (the bottom floor:
+imports nothing of spot).
 
 A reader never sees half a file and a failed write (ENOSPC, a kill) leaves the
 previous file as it was: local files go to a temporary sibling, are fsynced and
@@ -17,6 +18,16 @@ from etils import epath
 
 def is_remote(path: epath.PathLike) -> bool:
   return "://" in os.fspath(path)
+
+
+def absolute(path: epath.PathLike) -> str:
+  """A local path made absolute (`~` expanded); a URL (gs://) as given.
+
+  Orbax and tensorstore need absolute paths, and a path recorded in a run or a
+  library must hold from any working directory; users type relative ones.
+  """
+  text = os.fspath(path)
+  return text if is_remote(text) else os.path.abspath(os.path.expanduser(text))
 
 
 def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:

@@ -32,6 +32,7 @@ from typing import Iterator, Optional, Union
 from etils import epath
 
 from spot import errors
+from spot import io as spot_io
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,10 +57,7 @@ def resolve(path: PathLike) -> epath.Path:
 
   Orbax and tensorstore need absolute paths; users type relative ones.
   """
-  text = os.fspath(path)
-  if "://" in text:
-    return epath.Path(text)
-  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+  return epath.Path(spot_io.absolute(path))
 
 
 def is_run_path(path: PathLike) -> bool:

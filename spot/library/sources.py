@@ -23,11 +23,11 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
+from spot import io as spot_io
 from spot.library import fs
 from spot.library.errors import LibraryError
 
@@ -39,10 +39,7 @@ RUN_CHECKPOINT_DIRS = ("best", "checkpoints")  # orbax managers of a spot run
 _STEP = re.compile(r"^checkpoint_(\d+)$")
 
 
-def absolute(path: Any) -> str:
-  """`path` as a string, made absolute (and `~` expanded) when it is local."""
-  path = os.fspath(path)
-  return os.path.abspath(os.path.expanduser(path)) if fs.is_local(path) else path
+absolute = spot_io.absolute  # `path` as a string, absolute when local
 
 
 def read_npy(path: str, what: str) -> np.ndarray:

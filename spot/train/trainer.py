@@ -38,6 +38,7 @@ from etils import epath
 from flax import traverse_util
 
 from spot import errors
+from spot import io as spot_io
 from spot import partitioning as partitioning_lib
 from spot.train import checkpointing, optimizers, progress, trainable as trainable_lib
 from spot.train import state as state_lib
@@ -374,10 +375,9 @@ def trainable_shapes(tree: Any) -> dict[str, list[int]]:
 
 def _absolute_checkpoint(path: Optional[str]) -> Optional[str]:
   """A local checkpoint path made absolute; gs:// paths, "random" and None as given."""
-  if not path or path == "random" or "://" in str(path):
+  if not path or path == "random":
     return path
-  from spot.checkpoints import layout  # pylint: disable=g-import-not-at-top
-  return str(layout.resolve(path))
+  return spot_io.absolute(path)
 
 
 def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir: str,
