@@ -5,6 +5,19 @@ message that names the input (setting, file, flag) and the fix. The CLI
 (`spot.cli`) prints `prog: message` on one line and exits with the class's
 code; `--debug` or `SPOT_DEBUG=1` shows the traceback instead.
 
+The kinds (a class's code is its base's, so catching a base catches its kinds):
+
+  SpotError                       1
+    UsageError                    2  a flag or setting
+      ConfigError                 2  gin files, bindings, macros, run settings
+      UnknownNameError            2  a task, mixture, entry or size not known (also a KeyError)
+    DataError                     3  an input that cannot be used
+      MissingInputError           3  a path the user gave does not exist
+      CheckpointError             3  a checkpoint or run directory: unreadable, missing, mismatched
+      LibraryError                3  a prompt library: entry, index or archive
+    SystemResourceError           4  the machine refused a write
+    DivergedError                 5  non-finite loss or parameters
+
 Exit codes (stable, scripts rely on them):
 
   0  success
@@ -53,8 +66,27 @@ class DataError(SpotError, ValueError):
   exit_code = EXIT_DATA
 
 
+class ConfigError(UsageError):
+  """A gin file, binding, macro or run setting that cannot work (exit code 2)."""
+
+
+class UnknownNameError(UsageError, KeyError):
+  """A name (task, mixture, entry, size) that is not known; the message lists the known ones."""
+
+  def __str__(self) -> str:  # KeyError would print the message quoted
+    return str(self.args[0]) if self.args else ""
+
+
 class MissingInputError(DataError, FileNotFoundError):
   """A path the user gave (checkpoint, prompt file, model_dir, data) does not exist."""
+
+
+class CheckpointError(DataError):
+  """A checkpoint or run directory that is unreadable, incomplete or does not fit the model."""
+
+
+class LibraryError(DataError):
+  """A prompt library's entry, index or archive that cannot be used (see spot.library.errors)."""
 
 
 class SystemResourceError(SpotError, OSError):

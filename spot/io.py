@@ -1,5 +1,5 @@
-"""Path helpers and atomic writes for local and gs:// paths (the bottom floor:
-imports nothing of spot).
+"""Path helpers, atomic writes and JSON reads for local and gs:// paths (the bottom
+floor: imports nothing of spot but its error types).
 
 A reader never sees half a file and a failed write (ENOSPC, a kill) leaves the
 previous file as it was: local files go to a temporary sibling, are fsynced and
@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import Any
+from typing import Any, Optional
 
 from etils import epath
 
+from spot import errors
+
 
 def is_remote(path: epath.PathLike) -> bool:
+  """Whether `path` is a URL (gs://, s3://, ...): the one definition of "remote" in spot."""
   return "://" in os.fspath(path)
 
 
@@ -67,3 +70,29 @@ def write_text_atomic(path: epath.PathLike, text: str) -> None:
 def write_json_atomic(path: epath.PathLike, obj: Any) -> None:
   """Writes JSON atomically (see `write_bytes_atomic`)."""
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def read_json(path: epath.PathLike, what: str, *, error: type = errors.DataError,
+              fix: str = "fix or delete it") -> dict[str, Any]:
+  """The JSON object in `path`; `error` (a DataError kind) names `what`, the file and `fix`.
+
+  A missing file raises FileNotFoundError (callers decide whether absence is
+  fine); a file that is not JSON, or not an object, raises `error`.
+  """
+  path = epath.Path(path)
+  try:
+    value = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise error(f"{what} {path} is not valid JSON ({e}); {fix}.") from e
+  if not isinstance(value, dict):
+    raise error(f"{what} {path} holds a {type(value).__name__}, not a JSON object; {fix}.")
+  return value
+
+
+def read_json_if_exists(path: epath.PathLike, what: str, *, error: type = errors.DataError,
+                        fix: str = "fix or delete it") -> Optional[dict[str, Any]]:
+  """`read_json`, or None when `path` does not exist."""
+  try:
+    return read_json(path, what, error=error, fix=fix)
+  except FileNotFoundError:
+    return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from spot import errors
 
 
-class LibraryError(errors.DataError):
-  """Base class of the prompt library's errors (CLI exit code 3, data)."""
+# The base class of the prompt library's errors (CLI exit code 3, data) is spot's own.
+LibraryError = errors.LibraryError
 
 
 class LibraryUsageError(LibraryError):
