@@ -29,6 +29,31 @@ def test_classify_maps_each_kind_to_its_exit_code(exc, code):
   assert "\n" not in message and message
 
 
+@pytest.mark.parametrize("cls, base, code", [
+    (errors.ConfigError, errors.UsageError, errors.EXIT_USAGE),
+    (errors.UnknownNameError, errors.UsageError, errors.EXIT_USAGE),
+    (errors.CheckpointError, errors.DataError, errors.EXIT_DATA),
+    (errors.LibraryError, errors.DataError, errors.EXIT_DATA),
+    (errors.MissingInputError, errors.DataError, errors.EXIT_DATA),
+])
+def test_each_kind_keeps_its_bases_exit_code(cls, base, code):
+  assert issubclass(cls, base) and cls.exit_code == code
+  got, message = errors.classify(cls("TASK 'x' is unknown; choose from ['rte']."))
+  assert (got, message) == (code, "TASK 'x' is unknown; choose from ['rte'].")
+
+
+def test_the_library_raises_spots_library_kind():
+  from spot.library import errors as library_errors
+  assert library_errors.LibraryError is errors.LibraryError
+  assert errors.classify(library_errors.LibraryUsageError("--a with --b"))[0] == errors.EXIT_USAGE
+  assert errors.classify(library_errors.CorruptEntryError("bad"))[0] == errors.EXIT_DATA
+
+
+def test_unknown_name_is_a_key_error_printed_unquoted():
+  e = errors.UnknownNameError("no task 'x'; choose from ['rte'].")
+  assert isinstance(e, KeyError) and str(e) == "no task 'x'; choose from ['rte']."
+
+
 def test_a_typed_cause_under_a_wrapper_keeps_its_code():
   try:
     try:

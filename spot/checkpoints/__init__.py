@@ -8,19 +8,33 @@ the tree `spot.models.T5` creates, so a loaded checkpoint goes straight into
 into a T5X checkpoint by `convert_run`. See docs/checkpoints.md.
 """
 
-from spot.checkpoints.hf import config_from_hf, config_to_hf, load_hf, save_hf
-from spot.checkpoints.layout import (CheckpointFormat, OutputExistsError, all_steps,
-                                     latest_step, locate)
-from spot.checkpoints.run import (RunCheckpoint, RunSummary, convert_run, describe_run,
-                                  locate_run, read_trained, run_steps)
-from spot.checkpoints.t5x import (CheckpointSummary, MissingVariableError, describe, load_t5x,
-                                  load_t5x_variable, save_t5x)
-from spot.checkpoints.tree import EXTRA_PARAM_PREFIXES, check_shapes, infer_config
+import importlib
+from typing import Any
 
-__all__ = [
-    "CheckpointFormat", "CheckpointSummary", "EXTRA_PARAM_PREFIXES", "MissingVariableError",
-    "OutputExistsError", "RunCheckpoint", "RunSummary", "all_steps", "check_shapes",
-    "config_from_hf", "config_to_hf", "convert_run", "describe", "describe_run",
-    "infer_config", "latest_step", "load_hf", "load_t5x", "load_t5x_variable", "locate",
-    "locate_run", "read_trained", "run_steps", "save_hf", "save_t5x",
-]
+# Public name -> the module that defines it. Modules load on first use, so that
+# `spot.checkpoints.run_dir` (read by the library and `spot report`) does not
+# pull in the model and tensorstore.
+_EXPORTS = {
+    "config_from_hf": "hf", "config_to_hf": "hf", "load_hf": "hf", "save_hf": "hf",
+    "CheckpointFormat": "layout", "OutputExistsError": "layout", "all_steps": "layout",
+    "latest_step": "layout", "locate": "layout",
+    "RunCheckpoint": "run", "RunSummary": "run", "convert_run": "run", "describe_run": "run",
+    "locate_run": "run", "read_trained": "run", "run_steps": "run",
+    "CheckpointSummary": "t5x", "MissingVariableError": "t5x", "describe": "t5x",
+    "load_t5x": "t5x", "load_t5x_variable": "t5x", "save_t5x": "t5x",
+    "EXTRA_PARAM_PREFIXES": "tree", "check_shapes": "tree", "infer_config": "tree",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'spot.checkpoints' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"spot.checkpoints.{_EXPORTS[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS))

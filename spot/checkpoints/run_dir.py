@@ -30,10 +30,8 @@ import os
 import secrets
 from typing import Any, Mapping, Optional
 
-import jax
 import numpy as np
 from etils import epath
-from flax import traverse_util
 
 from spot import errors
 from spot import io as spot_io
@@ -92,15 +90,29 @@ def numpy_steps(model_dir: str) -> list[int]:
                 if p.name.split("_")[-1].isdigit())
 
 
+# jax and flax load only for a writer: readers (the library, `spot report`) stay light.
+
+
+def _process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
+def _flat_names(trainable: Mapping[str, Any]) -> dict[str, Any]:
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return traverse_util.flatten_dict(dict(trainable), sep=".")
+
+
 def _numpy_arrays(trainable: Mapping[str, Any], pattern: str) -> dict[str, np.ndarray]:
-  flat = traverse_util.flatten_dict(dict(trainable), sep=".")
-  return {k: np.asarray(jax.device_get(v)) for k, v in flat.items() if pattern in k}
+  import jax  # pylint: disable=g-import-not-at-top
+  return {k: np.asarray(jax.device_get(v)) for k, v in _flat_names(trainable).items()
+          if pattern in k}
 
 
 def has_prompt_numpy(model_dir: str, step: int, trainable: Mapping[str, Any],
                      pattern: str = "prompt") -> bool:
   """Whether `checkpoint_<step>` holds every file `save_prompt_numpy` would write."""
-  names = [k for k in traverse_util.flatten_dict(dict(trainable), sep=".") if pattern in k]
+  names = [k for k in _flat_names(trainable) if pattern in k]
   final = numpy_step_dir(model_dir, step)
   return all((final / n).exists() and (final / f"{n}.npy").exists() for n in names)
 
@@ -117,7 +129,7 @@ def save_prompt_numpy(model_dir: str, step: int, trainable: Mapping[str, Any],
   clears (or, for a moved-aside export with no replacement, restores) on the
   next start. Only process 0 writes; returns the written variable files.
   """
-  if jax.process_index() != 0:
+  if _process_index() != 0:
     return []
   chosen = _numpy_arrays(trainable, pattern)
   if not chosen:
@@ -165,7 +177,7 @@ def remove_stale_exports(model_dir: str) -> list[str]:
 
 def remove_numpy_after(model_dir: str, step: int) -> list[int]:
   """Removes numpy exports of steps after `step` (a killed run's, to be redone on resume)."""
-  if jax.process_index() != 0:
+  if _process_index() != 0:
     return []
   gone = [s for s in numpy_steps(model_dir) if s > step]
   for s in gone:

@@ -1,18 +1,9 @@
 """Reading prompts out of training runs: a model_dir's checkpoints, or T5X.
 
-prompt-tuning style runs save each prompt checkpoint as a raw `np.save`
-payload (no `.npy` suffix) named after the variable path with dots:
-`MODEL_DIR/numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt`.
-T5X writes the run's operative gin config to `MODEL_DIR/config.gin`.
-
-A spot run's model_dir also holds orbax run checkpoints,
-`checkpoints/<step>/` and `best/<step>/`, each with a `state` item (the
-trainable parameters under `trainable/`, the optimizer state, the step) and a
-`meta` item (JSON: base checkpoint, task, ...); `run.json` (base_checkpoint,
-task, model_config, prompt_length, seed, ...); and, once its final evaluation
-is done, `metrics.json` (`spot.report.write_run_metrics`: task, method, seed,
-scores, step). They are read here with orbax and json directly: the library
-does not import the trainer.
+The run directory's layout (numpy prompt exports, orbax `checkpoints/<step>`
+and `best/<step>`, `run.json`, `metrics.json`, `config.gin`) is
+`spot.checkpoints.run_dir`'s; this module picks a prompt and the facts worth
+keeping in a library entry out of it. The library does not import the trainer.
 
 Local paths are made absolute first (orbax refuses relative ones).
 """
@@ -27,16 +18,18 @@ import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
+from spot import errors
 from spot import io as spot_io
+from spot.checkpoints import run_dir
 from spot.library import fs
 from spot.library.errors import LibraryError
 
-DEFAULT_VARIABLE = "encoder/prompt/prompt/prompt"
-NUMPY_CHECKPOINTS = "numpy_checkpoints"
-RUN_JSON = "run.json"
-METRICS_JSON = "metrics.json"
-RUN_CHECKPOINT_DIRS = ("best", "checkpoints")  # orbax managers of a spot run
-_STEP = re.compile(r"^checkpoint_(\d+)$")
+DEFAULT_VARIABLE = run_dir.PROMPT_VARIABLE
+NUMPY_CHECKPOINTS = run_dir.NUMPY_DIR
+RUN_JSON = run_dir.RUN_JSON
+METRICS_JSON = run_dir.METRICS_JSON
+RUN_CHECKPOINT_DIRS = (run_dir.BEST_DIR, run_dir.CHECKPOINTS_DIR)  # orbax managers of a run
+_STEP = re.compile(rf"^{run_dir.NUMPY_STEP_PREFIX}(\d+)$")
 
 
 absolute = spot_io.absolute  # `path` as a string, absolute when local
@@ -64,13 +57,8 @@ def checkpoint_step(path: str) -> Optional[int]:
 
 def numpy_checkpoints(model_dir: str) -> dict[int, fs.Path]:
   """step -> folder of the numpy prompt checkpoints of a run ({} if it has none)."""
-  root = fs.path(absolute(model_dir)) / NUMPY_CHECKPOINTS
-  steps = {}
-  for p in (root.iterdir() if root.is_dir() else []):
-    step = checkpoint_step(p.name)
-    if step is not None:
-      steps[step] = p
-  return steps
+  model_dir = absolute(model_dir)
+  return {s: fs.path(run_dir.numpy_step_dir(model_dir, s)) for s in run_dir.numpy_steps(model_dir)}
 
 
 def run_checkpoints(model_dir: str, kind: str) -> dict[int, fs.Path]:
@@ -83,7 +71,7 @@ def run_checkpoints(model_dir: str, kind: str) -> dict[int, fs.Path]:
 def is_run_checkpoint(path: Any) -> bool:
   """Whether `path` is a spot run checkpoint (`<step>/` holding `state` and `meta`)."""
   p = fs.path(absolute(path))
-  return (p / "state").is_dir() and (p / "meta").is_dir()
+  return (p / run_dir.STATE_ITEM).is_dir() and (p / run_dir.META_ITEM).is_dir()
 
 
 def best_step(model_dir: str) -> int:
@@ -110,8 +98,10 @@ def model_dir_prompt(model_dir: str, step: Optional[int] = None,
                          "run's model_dir? Use --prompt FILE.npy or --from-t5x CKPT otherwise.")
     step = max(numpy_steps or orbax)
   if step in numpy_steps:
-    path = numpy_steps[step] / variable.replace("/", ".")
-    return read_npy(str(path), f"prompt variable {variable!r} at"), step
+    try:
+      return run_dir.read_numpy_variable(model_dir, step, variable), step
+    except errors.CheckpointError as e:
+      raise LibraryError(str(e)) from e
   if step in orbax:
     return run_checkpoint_prompt(str(orbax[step]), variable), step
   known = sorted(set(numpy_steps) | set(orbax))
@@ -124,7 +114,7 @@ def run_checkpoint_prompt(path: str, variable: str = DEFAULT_VARIABLE) -> np.nda
   path = absolute(path)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (heavy)
   from etils import epath  # pylint: disable=g-import-not-at-top
-  state = epath.Path(path) / "state"
+  state = epath.Path(path) / run_dir.STATE_ITEM
   try:
     tree = ocp.PyTreeCheckpointHandler().metadata(state).tree
   except (FileNotFoundError, ValueError, OSError) as e:
@@ -158,9 +148,9 @@ def _nest(keys: list[str], leaf: Any) -> Any:
 
 def run_checkpoint_meta(path: str) -> dict[str, Any]:
   """The `meta` item (JSON) of a spot run checkpoint, {} if unreadable."""
-  meta = fs.path(absolute(path)) / "meta"
+  meta = fs.path(absolute(path)) / run_dir.META_ITEM
   for f in (meta.iterdir() if meta.is_dir() else []):
-    if f.is_file() and f.name != "commit_success.txt":
+    if f.is_file() and f.name != run_dir.COMMIT_MARKER:
       try:
         d = json.loads(f.read_text())
       except (ValueError, UnicodeDecodeError):
@@ -189,18 +179,11 @@ class RunRecord:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _read_json(path: fs.Path, what: str) -> dict[str, Any]:
-  try:
-    d = json.loads(path.read_text())
-  except FileNotFoundError:
-    return {}
-  except (ValueError, UnicodeDecodeError) as e:
-    raise LibraryError(f"{path} is not valid JSON ({e}); fix or delete it, or pass {what} "
-                       "explicitly.") from e
-  if not isinstance(d, dict):
-    raise LibraryError(f"{path} holds {type(d).__name__}, not a JSON object; fix or delete "
-                       f"it, or pass {what} explicitly.")
-  return d
+def _read_json(path: fs.Path, label: str, what: str) -> dict[str, Any]:
+  """A run's JSON object, {} when absent; a damaged file names `what` to pass instead."""
+  return spot_io.read_json_if_exists(
+      path, label, error=LibraryError,
+      fix=f"fix or delete it, or pass {what} explicitly") or {}
 
 
 def _int(value: Any) -> Optional[int]:
@@ -214,8 +197,8 @@ def read_run(model_dir: str, meta: Optional[Mapping[str, Any]] = None) -> RunRec
   """
   root = fs.path(absolute(model_dir))
   run = dict(meta or {})
-  run.update(_read_json(root / RUN_JSON, "--task and --model-checkpoint"))
-  metrics = _read_json(root / METRICS_JSON, "--metrics")
+  run.update(_read_json(root / RUN_JSON, "run file", "--task and --model-checkpoint"))
+  metrics = _read_json(root / METRICS_JSON, "metrics file", "--metrics")
   scores = metrics.get("scores") if isinstance(metrics.get("scores"), Mapping) else {}
   clean = {str(k): float(v) for k, v in scores.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -233,8 +216,7 @@ def read_run(model_dir: str, meta: Optional[Mapping[str, Any]] = None) -> RunRec
 
 def gin_config(model_dir: str) -> str:
   """The run's `config.gin` text, or "" if it has none."""
-  path = fs.path(absolute(model_dir)) / "config.gin"
-  return path.read_text() if path.is_file() else ""
+  return run_dir.read_config_gin(absolute(model_dir))
 
 
 def t5x_prompt(checkpoint: str, variable: str = DEFAULT_VARIABLE) -> np.ndarray:
