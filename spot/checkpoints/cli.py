@@ -112,13 +112,13 @@ def _config(spec: Optional[str], params: dict) -> T5Config:
     return get_config(spec)
   file = layout.resolve(spec)
   if not file.is_file():
-    raise errors.UsageError(f"--config {spec!r} is neither a config name "
+    raise errors.ConfigError(f"--config {spec!r} is neither a config name "
                             f"({', '.join(config_names())}) nor an existing JSON file; pass "
                             "one of those names or a T5Config JSON file.")
   try:
     return T5Config.from_dict(json.loads(file.read_text()))
   except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
-    raise errors.UsageError(f"--config {file} is not a T5Config JSON file "
+    raise errors.ConfigError(f"--config {file} is not a T5Config JSON file "
                             f"({errors.one_line(str(e))}); write it with "
                             "json.dumps(T5Config.to_dict()) or pass a config name.") from e
 
@@ -130,7 +130,7 @@ def _check_config(params: dict, config: T5Config, spec: Optional[str], source: s
   if problems:
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     given = f"--config {spec}" if spec else "the inferred config"
-    raise errors.UsageError(
+    raise errors.ConfigError(
         f"{given} does not match {source}: {'; '.join(problems[:3])}{more}; pass the config "
         "the checkpoint was trained with, or omit --config to infer it from the shapes.")
 

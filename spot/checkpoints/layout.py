@@ -33,6 +33,7 @@ from etils import epath
 
 from spot import errors
 from spot import io as spot_io
+from spot.checkpoints import run_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,10 +43,10 @@ ORBAX_STATE_DIR = "state"
 ORBAX_METADATA = "_METADATA"
 _TF_INDEX_MAGIC = b"model_checkpoint_path"
 _STEP_DIR = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)$")
-# spot's own run layout (spot.train.checkpointing): MODEL_DIR/run.json and
+# spot's own run layout (spot.checkpoints.run_dir): MODEL_DIR/run.json and
 # MODEL_DIR/{checkpoints,best}/<step>/{state,meta}, written by orbax.
-RUN_FILE = "run.json"
-RUN_KINDS = ("checkpoints", "best")
+RUN_FILE = run_dir.RUN_JSON
+RUN_KINDS = run_dir.RUN_KINDS
 
 
 class OutputExistsError(errors.UsageError, FileExistsError):
@@ -71,8 +72,8 @@ def is_run_path(path: PathLike) -> bool:
   return (p / RUN_FILE).is_file() or any((p / kind).is_dir() for kind in RUN_KINDS)
 
 
-def _run_not_t5x(p: epath.Path) -> errors.DataError:
-  return errors.DataError(
+def _run_not_t5x(p: epath.Path) -> errors.CheckpointError:
+  return errors.CheckpointError(
       f"{p} is a spot run checkpoint (trained parameters only), not a T5X checkpoint; "
       "inspect it with `spot checkpoint inspect`, or write a T5X checkpoint with "
       "`spot checkpoint convert --from-run MODEL_DIR --to OUT_DIR`.")
@@ -160,7 +161,7 @@ def locate(path: PathLike, step: Optional[int] = None) -> Located:
     MissingInputError (a FileNotFoundError): the path does not exist, holds
       no checkpoint, or has no checkpoint for `step` (the message lists the
       steps that exist).
-    DataError: `path` is a spot run (see `spot.checkpoints.run`).
+    CheckpointError: `path` is a spot run (see `spot.checkpoints.run`).
     UsageError (a ValueError): `step` given for a path that is already one
       checkpoint of another step.
   """

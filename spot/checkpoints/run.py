@@ -24,13 +24,14 @@ import numpy as np
 from etils import epath
 
 from spot import errors
-from spot.checkpoints import layout, orbax_format, t5x, tree
-from spot.checkpoints.layout import RUN_FILE, RUN_KINDS, PathLike
+from spot import io as spot_io
+from spot.checkpoints import layout, orbax_format, run_dir, t5x, tree
+from spot.checkpoints.layout import PathLike
+from spot.checkpoints.run_dir import META_ITEM, RUN_KINDS, STATE_ITEM
+from spot.checkpoints.run_dir import RUN_JSON as RUN_FILE
 from spot.models import T5Config, scan
 
-META_ITEM = "meta"
 META_FILE = "metadata"  # orbax JsonCheckpointHandler's file name
-STATE_ITEM = "state"
 RANDOM_BASE = "random"  # spot.train.state.RANDOM_INIT: a seeded random base, no checkpoint
 
 
@@ -65,7 +66,7 @@ class RunCheckpoint:
     return (self.run or {}).get(key)
 
 
-COMMIT_MARKER = "commit_success.txt"  # orbax's (and spot.train's) mark of a finished step
+COMMIT_MARKER = run_dir.COMMIT_MARKER  # orbax's (and spot.train's) mark of a finished step
 
 
 def _is_complete(step_dir: epath.Path) -> bool:
@@ -88,21 +89,13 @@ def run_steps(model_dir: PathLike, kind: str = "checkpoints") -> list[int]:
 
 
 def _read_json(file: epath.Path, what: str) -> dict[str, Any]:
-  try:
-    value = json.loads(file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise errors.DataError(f"{what} {file} is not valid JSON ({e}); it is truncated or "
-                           "damaged, copy the run again.") from e
-  if not isinstance(value, dict):
-    raise errors.DataError(f"{what} {file} holds a {type(value).__name__}, not a JSON object; "
-                           "copy the run again.")
-  return value
+  return spot_io.read_json(file, what, error=errors.CheckpointError,
+                           fix="it is truncated or damaged, copy the run again")
 
 
 def read_run_json(model_dir: PathLike) -> Optional[dict[str, Any]]:
   """`model_dir/run.json`, or None when absent."""
-  file = layout.resolve(model_dir) / RUN_FILE
-  return _read_json(file, "run file") if file.is_file() else None
+  return run_dir.read_run_json(layout.resolve(model_dir))
 
 
 def _available(model_dir: epath.Path) -> str:
@@ -118,7 +111,7 @@ def _step_folder(step_dir: epath.Path, kind: str, model_dir: epath.Path) -> RunC
   if not _is_complete(step_dir):
     missing = [f for f in (COMMIT_MARKER, f"{STATE_ITEM}/{layout.ORBAX_METADATA}")
                if not (step_dir / f).exists()]
-    raise errors.DataError(
+    raise errors.CheckpointError(
         f"Run step folder {step_dir} is incomplete (no {' and no '.join(missing)}: an "
         "interrupted write or a partial copy); copy the complete folder or use another step "
         f"({_available(model_dir)}).")
@@ -144,7 +137,7 @@ def locate_run(path: PathLike, *, step: Optional[int] = None, best: bool = False
     MissingInputError: the path does not exist, the run has no checkpoint,
       the step does not exist (the message lists the available steps), or
       the step folder is empty.
-    DataError: not a spot run, or a damaged step folder.
+    CheckpointError: not a spot run, or a damaged step folder.
     UsageError: `step`/`best` given with a path that is already one step.
   """
   p = layout.resolve(path)
@@ -161,7 +154,7 @@ def locate_run(path: PathLike, *, step: Optional[int] = None, best: bool = False
                               "run's model_dir to choose --step or --best.")
     return _step_folder(p, kind, model_dir)
   if not p.is_dir() or not layout.is_run_path(p):
-    raise errors.DataError(
+    raise errors.CheckpointError(
         f"{p} is not a spot run: it has no {RUN_FILE} and no checkpoints/ or best/ folder; "
         "pass the model_dir that `spot train` wrote.")
   kind = "best" if best else "checkpoints"
@@ -203,7 +196,7 @@ def _state_metadata(ckpt: RunCheckpoint) -> dict[str, Any]:
   tree_meta = orbax_format.metadata(ckpt.state_dir)
   if not isinstance(tree_meta, Mapping) or "trainable" not in tree_meta:
     keys = sorted(tree_meta) if isinstance(tree_meta, Mapping) else type(tree_meta).__name__
-    raise errors.DataError(f"{ckpt.state_dir} is not a spot run state: top-level keys {keys}, "
+    raise errors.CheckpointError(f"{ckpt.state_dir} is not a spot run state: top-level keys {keys}, "
                            "expected 'trainable', 'opt_state' and 'step'.")
   return dict(tree_meta)
 
@@ -259,7 +252,7 @@ def read_trained(ckpt: RunCheckpoint) -> dict[str, np.ndarray]:
 def _base_path(ckpt: RunCheckpoint) -> str:
   base = ckpt.setting("base_checkpoint")
   if not base or base == RANDOM_BASE:
-    raise errors.DataError(
+    raise errors.CheckpointError(
         f"Run {ckpt.model_dir} was trained from base checkpoint {base!r}, not a T5X "
         "checkpoint, so there are no frozen weights to convert; train from a T5X "
         "INITIAL_CHECKPOINT_PATH.")
@@ -274,7 +267,7 @@ def _config(ckpt: RunCheckpoint) -> Optional[T5Config]:
   try:
     return T5Config.from_dict(config)
   except (TypeError, ValueError) as e:
-    raise errors.DataError(f"model_config in {ckpt.model_dir / RUN_FILE} is not a T5Config "
+    raise errors.CheckpointError(f"model_config in {ckpt.model_dir / RUN_FILE} is not a T5Config "
                            f"({errors.one_line(str(e))}); was the run written by another "
                            "spot version?") from e
 
@@ -307,7 +300,7 @@ def convert_run(path: PathLike, out_dir: PathLike, *, step: Optional[int] = None
     The written `out_dir/checkpoint_<step>` directory.
 
   Raises:
-    MissingInputError / DataError: no run, no run.json, no such step (the
+    MissingInputError / CheckpointError: no run, no run.json, no such step (the
       available steps are named), a base checkpoint that cannot be read, or
       trained parameters that do not fit the base.
     OutputExistsError: `out_dir` exists and not `overwrite`.
@@ -315,7 +308,7 @@ def convert_run(path: PathLike, out_dir: PathLike, *, step: Optional[int] = None
   """
   ckpt = locate_run(path, step=step, best=best)
   if ckpt.run is None:
-    raise errors.DataError(
+    raise errors.CheckpointError(
         f"Run {ckpt.model_dir} has no {RUN_FILE} (spot train writes it with the model config "
         "and base checkpoint); pass the complete model_dir of a `spot train` run.")
   out = layout.resolve(out_dir)
@@ -347,7 +340,7 @@ def convert_run(path: PathLike, out_dir: PathLike, *, step: Optional[int] = None
       problems.append(f"{name}: not in the base checkpoint")
     flat[name] = value
   if problems:
-    raise errors.DataError(
+    raise errors.CheckpointError(
         f"Run {ckpt.path} does not fit its base checkpoint {base}: {'; '.join(problems[:5])}; "
         "was the run trained from this base?")
   # T5X and prompt-tuning checkpoints keep one subtree per layer.

@@ -25,15 +25,15 @@ from spot.models import T5Config, scan
 Params = dict[str, Any]
 
 
-class MissingVariableError(errors.DataError, KeyError):
+class MissingVariableError(errors.CheckpointError, KeyError):
   """A variable asked for by name is not in the checkpoint."""
 
   def __str__(self) -> str:  # KeyError would quote the message
     return str(self.args[0]) if self.args else ""
 
 
-def _unsupported_tf(located: layout.Located) -> errors.DataError:
-  return errors.DataError(
+def _unsupported_tf(located: layout.Located) -> errors.CheckpointError:
+  return errors.CheckpointError(
       f"{located.path} is a TensorFlow checkpoint index (Mesh TensorFlow / T5X_TF), not a "
       "T5X msgpack or Orbax checkpoint; convert it with T5X first "
       "(t5x.checkpoints.Checkpointer.restore_from_tf_checkpoint).")
