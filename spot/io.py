@@ -85,7 +85,8 @@ def read_json(path: epath.PathLike, what: str, *, error: type = errors.DataError
   except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
     raise error(f"{what} {path} is not valid JSON ({e}); {fix}.") from e
   if not isinstance(value, dict):
-    raise error(f"{what} {path} holds a {type(value).__name__}, not a JSON object; {fix}.")
+    raise error(f"{what} {path} holds a {type(value).__name__}, expected a JSON object; "
+                f"{fix}.")
   return value
 
 

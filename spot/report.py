@@ -49,8 +49,9 @@ from etils import epath
 
 from spot import errors
 from spot import io as spot_io
+from spot.checkpoints import run_dir as run_layout
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = run_layout.METRICS_JSON
 DEFAULT_BASELINE = "prompt_tuning"
 # Methods whose runs are candidates of one selection even when their
 # metrics.json predates the "candidate" field (the directory names them).
@@ -63,8 +64,8 @@ BENCHMARK_TASKS: dict[str, tuple[str, ...]] = {
     "SuperGLUE": ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"),
 }
 # Sub-directories of a model_dir that never hold other runs (and can be big).
-_SKIP_DIRS = frozenset({"checkpoints", "numpy_checkpoints", "best", "train", "eval",
-                        "inference_eval", "tensorboard"})
+_SKIP_DIRS = frozenset({run_layout.CHECKPOINTS_DIR, run_layout.NUMPY_DIR, run_layout.BEST_DIR,
+                        "train", "eval", run_layout.INFERENCE_EVAL_DIR, "tensorboard"})
 _MAX_DEPTH = 6
 _FIX = "write it with spot.report.write_run_metrics(run_dir, task, method, seed, scores)"
 
@@ -252,15 +253,8 @@ def _read_record(path: epath.Path) -> dict[str, Any]:
   if not path.exists():
     raise errors.MissingInputError(f"{path}: no such file; a finished run holds "
                                    f"{METRICS_FILE} ({_FIX}).")
-  try:
-    record = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise errors.DataError(f"{path}: not valid JSON ({e}); rewrite it with "
-                           "spot.report.write_run_metrics or remove it.") from e
-  if not isinstance(record, dict):
-    raise errors.DataError(f"{path}: expected a JSON object with task, method, seed and "
-                           f"scores; {_FIX}.")
-  return record
+  return spot_io.read_json(path, "metrics file",
+                           fix="rewrite it with spot.report.write_run_metrics or remove it")
 
 
 def _run_from_record(record: Mapping[str, Any], path: epath.Path) -> Run:
