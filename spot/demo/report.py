@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from etils import epath
 
+from spot import io as spot_io
+from spot.checkpoints import run_dir
 from spot.demo import workflow
 from spot.demo.workflow import INIT_LABELS, INITS, RunRecord, TargetOutcome
 
@@ -118,11 +120,10 @@ def _figure(width: float = 5.0, height: float = 3.5):
 
 
 def _save(fig, path: epath.Path) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buf, format="png")
-  path.write_bytes(buf.getvalue())
+  spot_io.write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_curves(target: TargetOutcome, threshold: float, path: epath.Path) -> None:
@@ -259,7 +260,7 @@ def write(out: epath.Path, cfg: Any, seed: int, base: Optional[RunRecord],
                    for i in INITS},
       } for t in targets],
   }
-  (out / "results.json").write_text(json.dumps(results, indent=2))
+  spot_io.write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
   entries = flow.library().entries(model=flow.model_name)
   metric_names = sorted({k.split("/", 1)[1] for t in targets for r in t.runs.values()
@@ -327,11 +328,12 @@ def write(out: epath.Path, cfg: Any, seed: int, base: Optional[RunRecord],
       "## Runs",
       "",
       f"Each run's model_dir holds its orbax checkpoints, numpy prompt checkpoints "
-      f"(`numpy_checkpoints/checkpoint_<step>/`), `run.json` and TensorBoard summaries "
+      f"(`{run_dir.NUMPY_DIR}/{run_dir.NUMPY_STEP_PREFIX}<step>/`), `{run_dir.RUN_JSON}` and "
+      "TensorBoard summaries "
       f"(`train/`, and `eval/` for the scores above): `tensorboard --logdir {out / 'runs'}`.",
       "",
       _runs_table(out, all_runs),
       "",
   ]
-  (out / "report.md").write_text("\n".join(md))
+  spot_io.write_text_atomic(out / "report.md", "\n".join(md))
   return "\n".join([text_table(rows), "", words, note])

@@ -23,6 +23,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from spot import errors
 from spot.xgen import languages
 
 WIKILINGUA_TFDS_VERSION = "1.1.0"
@@ -94,15 +95,17 @@ class JsonlSource(seqio.DataSource):
         try:
           row = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{self._path}:{line_number} is not JSON ({e})") from e
+          raise errors.DataError(f"{self._path}:{line_number} is not JSON ({e}); fix or "
+                                 "remove that line") from e
         if row.get("split") != wanted:
           continue
         if i % num_shards == index:
           keys = (f"src_{self._lang}", f"tgt_{self._lang}")
           missing = [k for k in keys if k not in row]
           if missing:
-            raise ValueError(f"{self._path}:{line_number} lacks {missing}; WikiLingua JSONL rows "
-                             f"need split, src_{self._lang} and tgt_{self._lang}")
+            raise errors.DataError(f"{self._path}:{line_number} lacks {missing}; WikiLingua "
+                                   f"JSONL rows need split, src_{self._lang} and "
+                                   f"tgt_{self._lang}")
           yield row[keys[0]], row[keys[1]]
         i += 1
 
@@ -111,7 +114,7 @@ class JsonlSource(seqio.DataSource):
                   *, sequence_length: Optional[Mapping[str, int]] = None,
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
     if split not in self.splits:
-      raise ValueError(f"split {split!r} not in {self.splits} for {self._path}")
+      raise errors.ConfigError(f"split {split!r} not in {self.splits} for {self._path}")
     index, num_shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
     dataset = tf.data.Dataset.from_generator(
         lambda: self._examples(split, index, num_shards),
@@ -142,7 +145,7 @@ class TextLinesSource(seqio.DataSource):
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
     files = self.list_shards(split)
     if not files:
-      raise FileNotFoundError(f"no text files match {self._pattern}")
+      raise errors.MissingInputError(f"no text files match {self._pattern}")
     dataset = tf.data.TextLineDataset(files)
     dataset = dataset.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     if shard_info:
@@ -167,7 +170,7 @@ def wikilingua_source(lang: str, data_dir: Optional[str] = None,
         splits={s: s for s in splits})
   path = find_wikilingua_file(data_dir, lang)
   if path is None:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f"no {wikilingua_filename(lang)} under {data_dir} (looked in "
         f"{', '.join(repr(s or '.') for s in WIKILINGUA_SUBDIRS)}); put GEM WikiLingua JSONL "
         "files there, or pass data_dir=None to read TFDS gem/wiki_lingua")
@@ -181,13 +184,13 @@ def text_source(lang: str, text_files: Optional[str] = None, data_dir: Optional[
   if text_files is None and data_dir is not None:
     text_files = find_tatoeba_pattern(data_dir, lang)
     if text_files is None:
-      raise FileNotFoundError(
+      raise errors.MissingInputError(
           f"no Tatoeba text for {lang!r} under {data_dir} (expected tatoeba."
           f"{languages.TATOEBA_CODES[lang]}-eng.{languages.TATOEBA_CODES[lang]}, one sentence "
           "per line); pass text_files={lang: pattern} or data_dir=None for mC4")
   if text_files is not None:
     if not tf.io.gfile.glob(text_files):
-      raise FileNotFoundError(f"no text files match {text_files!r} for {lang!r}")
+      raise errors.MissingInputError(f"no text files match {text_files!r} for {lang!r}")
     return TextLinesSource(text_files)
   languages.check_language(lang, languages.MC4_CODES, "mC4 language code")
   return seqio.TfdsDataSource(
