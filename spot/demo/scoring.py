@@ -3,9 +3,11 @@
 A learning curve needs one evaluation per saved prompt checkpoint, for every
 run. `seqio.Evaluator` rebuilds its TensorFlow input pipeline on each call;
 `PromptScorer` reads each task's validation examples once into numpy, then
-scores a prompt with one jitted greedy decode over them and the task's own
-postprocessor and metric functions, as the evaluator would. One model object
-serves every prompt, so the decoder is traced and compiled once per demo.
+scores a prompt through the evaluator's own decoding path
+(`spot.train.evaluation.predict_rows` over `spot.train.batching` batches) and
+the task's own postprocessor and metric functions, as the evaluator would. One
+model object serves every prompt, so the decoder is traced and compiled once
+per demo.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ import jax
 import numpy as np
 import seqio
 
+from spot.train import batching, evaluation
 from spot.train import data as data_lib
-from spot.train import inference
-
-_MODEL_KEYS = ("encoder_input_tokens", "decoder_target_tokens")
 
 
 class PromptScorer:
@@ -55,7 +55,7 @@ class PromptScorer:
       batch = next(converter(ds, self.lengths).batch(len(examples)).as_numpy_iterator())
       targets = [task.postprocess_fn(ex["targets_pretokenized"].decode("utf-8"), example=ex,
                                      is_target=True) for ex in examples]
-      self._data[name] = ({k: batch[k] for k in _MODEL_KEYS}, targets, examples)
+      self._data[name] = (self.model.model_features(batch), targets, examples)
     return self._data[name]
 
   def params(self, prompt: np.ndarray) -> dict:
@@ -67,15 +67,13 @@ class PromptScorer:
   def predictions(self, name: str, prompt: np.ndarray) -> list[str]:
     """Greedy decodes of the task's validation inputs, as text."""
     batch, _, _ = self._task_data(name)
-    params, size = self.params(prompt), self.batch_size
-    n = len(batch["encoder_input_tokens"])
+    params = self.params(prompt)
     rows = []
-    for start in range(0, n, size):
-      # Every call gets a full batch (the last one padded), so one compile serves all.
-      chunk = {k: _pad(v[start:start + size], size) for k, v in batch.items()}
-      tokens, _ = inference.predict_batch(self.model.module, params, chunk,
-                                          max_decode_length=self.lengths["targets"])
-      rows.extend(np.asarray(jax.device_get(tokens))[:n - start])
+    # Every call gets a full batch (the last one padded), so one compile serves all.
+    for chunk, n in batching.split_batches(batch, self.batch_size):
+      rows.extend(evaluation.predict_rows(self.model, params, chunk, n,
+                                          rng=jax.random.PRNGKey(0),
+                                          max_decode_length=self.lengths["targets"]))
     vocab = self.model.vocabulary
     return [vocab.decode([int(i) for i in row]) for row in rows]
 
@@ -91,9 +89,3 @@ class PromptScorer:
         results[f"{name}/{metric}"] = float(getattr(value, "value", value))
     return results
 
-
-def _pad(rows: np.ndarray, size: int) -> np.ndarray:
-  """`rows` padded with zero rows to `size` rows."""
-  if len(rows) == size:
-    return rows
-  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])

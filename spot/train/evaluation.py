@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -22,11 +22,10 @@ from etils import epath
 
 from spot import errors, partitioning
 from spot.train import data as data_lib
-from spot.train import inference
+from spot.train.batching import pad_batch
 from spot.train.models import EncoderDecoderModel
 
-MODEL_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-              "decoder_loss_weights")
+Batch = Mapping[str, np.ndarray]
 
 
 def eval_task_names(name: str, split: str, module: Optional[str] = None,
@@ -69,13 +68,23 @@ def pick_metric(results: Mapping[str, Optional[float]], name: str) -> Optional[f
                           f"{sorted(results)}; use one of those names.")
 
 
-def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> tuple[dict, int]:
-  """Pads a last, short batch with zero rows to `size` (fixed jit shapes); returns (batch, n)."""
-  n = next(iter(batch.values())).shape[0]
-  if n == size:
-    return dict(batch), n
-  return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
-          for k, v in batch.items()}, n
+def predict_rows(model: EncoderDecoderModel, params: Any, batch: Batch, n: int, *,
+                 rng: jax.Array, max_decode_length: Optional[int] = None,
+                 decode: Optional[Mapping[str, Any]] = None) -> np.ndarray:
+  """Decoded token ids [n, L] of the n real rows of a padded batch (host numpy).
+
+  `decode` holds keyword arguments of `EncoderDecoderModel.predict_batch`
+  (method, num_decodes, ...); the length defaults to the batch's targets.
+  """
+  tokens = model.predict_batch(params, model.model_features(batch), rng,
+                               max_decode_length=max_decode_length, **dict(decode or {}))
+  return partitioning.host_array(tokens)[:n]  # gathers multi-host shards
+
+
+def score_rows(model: EncoderDecoderModel, params: Any, batch: Batch, n: int) -> np.ndarray:
+  """Target log-likelihoods [n] of the n real rows of a padded batch (host numpy)."""
+  scores = model.score_batch(params, model.model_features(batch))
+  return partitioning.host_array(scores)[:n]  # gathers multi-host shards
 
 
 def _logger_at(cls: Callable[..., seqio.Logger], output_dir: str) -> Callable[..., seqio.Logger]:
@@ -129,41 +138,28 @@ class Evaluator:
                               use_memory_cache=True, async_compute_metrics=False, **loggers)
         for name in names}
 
-  def _batches(self, dataset):
+  def _batches(self, dataset) -> Iterator[tuple[np.ndarray, Batch, int]]:
+    """(example indices, padded model features, real rows) of each batch of `dataset`."""
     size = self.cfg.batch_size
-    keys = MODEL_KEYS + tuple(self.model.prompt_input_names)
     for idx, feats in dataset.batch(size).as_numpy_iterator():
-      feats = {k: v for k, v in feats.items() if k in keys}
-      padded, n = pad_batch(feats, size)
+      padded, n = pad_batch(self.model.model_features(feats), size)
       yield idx, padded, n
 
-  def _model_batch(self, padded: Mapping[str, np.ndarray]) -> dict:
-    batch = {k: v for k, v in padded.items() if k in MODEL_KEYS}
-    inputs = self.model.prompt_inputs(padded)
-    if inputs:
-      batch["prompt_inputs"] = inputs
-    return batch
-
   def predict_fn(self, params, dataset, model_feature_shapes=None):
-    decode = dict(self.cfg.decode or {})
     length = (model_feature_shapes or {}).get("decoder_target_tokens")
     out = []
     for i, (idx, padded, n) in enumerate(self._batches(dataset)):
-      tokens, _ = inference.predict_batch(
-          self.model.module, params, self._model_batch(padded),
-          max_decode_length=length or padded["decoder_target_tokens"].shape[1],
-          rng=jax.random.fold_in(jax.random.PRNGKey(0), i), **decode)
-      tokens = partitioning.host_array(tokens)[:n]  # gathers multi-host shards
-      out.extend((int(i), t.tolist()) for i, t in zip(idx, tokens))
+      tokens = predict_rows(self.model, params, padded, n, max_decode_length=length,
+                            rng=jax.random.fold_in(jax.random.PRNGKey(0), i),
+                            decode=self.cfg.decode)
+      out.extend((int(j), t.tolist()) for j, t in zip(idx, tokens))
     return out
 
   def score_fn(self, params, dataset, model_feature_shapes=None):
     del model_feature_shapes
     out = []
     for idx, padded, n in self._batches(dataset):
-      scores = inference.score_batch(self.model.module, params, self._model_batch(padded))
-      scores = partitioning.host_array(scores)[:n]  # gathers multi-host shards
-      out.extend((int(i), float(s)) for i, s in zip(idx, scores))
+      out.extend((int(j), float(s)) for j, s in zip(idx, score_rows(self.model, params, padded, n)))
     return out
 
   def evaluate(self, params: Any, step: int) -> dict[str, float]:

@@ -12,8 +12,8 @@ import numpy as np
 from etils import epath
 
 from spot import partitioning as partitioning_lib
-from spot.train import data as data_lib, inference, progress, state as state_lib
-from spot.train.evaluation import MODEL_KEYS, pad_batch
+from spot.train import data as data_lib, evaluation, progress, state as state_lib
+from spot.train.batching import pad_batch
 from spot.train.models import EncoderDecoderModel
 
 
@@ -65,15 +65,11 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
   n_done = 0
   with partitioner, tmp.open("w") as f:
     for raw in data_lib.iterate(ds, cfg.mixture_or_task_name):
-      padded, n = pad_batch(raw, cfg.batch_size)
-      batch = {k: v for k, v in padded.items() if k in MODEL_KEYS}
-      pin = model.prompt_inputs(padded)
-      if pin:
-        batch["prompt_inputs"] = pin
-      tokens, _ = inference.predict_batch(
-          model.module, params, batch, max_decode_length=length,
-          rng=jax.random.fold_in(jax.random.PRNGKey(seed), n_done), **dict(decode or {}))
-      tokens = partitioning_lib.host_array(tokens)[:n]  # gathers across hosts
+      padded, n = pad_batch(model.model_features(raw), cfg.batch_size)
+      tokens = evaluation.predict_rows(model, params, padded, n, max_decode_length=length,
+                                       rng=jax.random.fold_in(jax.random.PRNGKey(seed), n_done),
+                                       decode=decode)
+      pin = model.prompt_inputs(raw)
       for i in range(n):
         rec = {"index": n_done + i,
                "inputs": _text(vocab, raw["encoder_input_tokens"][i]),

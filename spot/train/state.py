@@ -9,7 +9,7 @@ materialises a random copy of the (possibly XXL) base model.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,7 @@ from etils import epath
 from spot import errors
 from spot.models import T5Config
 from spot.models import config as config_lib
+from spot.train import trainable as trainable_lib
 from spot.train.models import EncoderDecoderModel
 
 RANDOM_INIT = "random"
@@ -116,16 +117,6 @@ def init_prompt_params(model: EncoderDecoderModel, rng: jax.Array) -> dict:
   return {"encoder": {"prompt": nn.unbox(variables)["params"]}}
 
 
-def merge_trees(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
-  """Adds `extra` leaves to `base`; a path present in both is an error."""
-  flat = dict(traverse_util.flatten_dict(dict(base), sep="/"))
-  for k, v in traverse_util.flatten_dict(dict(extra), sep="/").items():
-    if k in flat:
-      raise ValueError(f"Parameter {k} would be initialised twice (checkpoint and prompt).")
-    flat[k] = v
-  return traverse_util.unflatten_dict(flat, sep="/")
-
-
 def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional[str],
                    seed: int = 0) -> dict:
   """Base parameters with the prompt's initial value added."""
@@ -137,7 +128,7 @@ def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional
     return base
   base = {k: v for k, v in flat.items() if k not in prompt_keys}
   prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
-  return merge_trees(traverse_util.unflatten_dict(base, sep="/"), prompt)
+  return trainable_lib.merge(prompt, traverse_util.unflatten_dict(base, sep="/"))
 
 
 def params_from_run(model: EncoderDecoderModel, model_dir: str,

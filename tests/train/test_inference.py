@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from spot.models import T5, get_config, init_params, param_shapes
-from spot.train import inference
+from spot.train import inference, models
 
 EOS = 1
 LENGTH = 5  # = the target length, so reference passes share one compiled program
@@ -100,10 +100,10 @@ def test_predict_greedy_matches_uncached_argmax(t5):
 def test_predict_reuses_compiled_function(t5):
   model, params, batch = t5
   inference.predict_batch(model, params, batch, max_decode_length=LENGTH)
-  before = inference._jitted_decode.cache_info()  # pylint: disable=protected-access
+  before = models._jitted_decode.cache_info()  # pylint: disable=protected-access
   other = jax.tree_util.tree_map(lambda x: x * 1.01, params)
   inference.predict_batch(T5(CONFIG), other, batch, max_decode_length=LENGTH)
-  after = inference._jitted_decode.cache_info()  # pylint: disable=protected-access
+  after = models._jitted_decode.cache_info()  # pylint: disable=protected-access
   assert after.hits == before.hits + 1 and after.misses == before.misses
 
 
