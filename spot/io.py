@@ -8,10 +8,11 @@ renamed over the target; object stores (gs://) write whole objects already.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
-from typing import Any, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 from etils import epath
 
@@ -33,6 +34,38 @@ def absolute(path: epath.PathLike) -> str:
   return text if is_remote(text) else os.path.abspath(os.path.expanduser(text))
 
 
+def _temporary_sibling(path: epath.Path) -> str:
+  return os.path.join(os.fspath(path.parent),
+                      f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def open_atomic(path: epath.PathLike) -> Iterator[BinaryIO]:
+  """A binary file to stream into; `path` appears, whole, only when the block succeeds.
+
+  For writes too big to hold in memory (an archive). Local: a temporary
+  sibling, fsynced and renamed over `path`, removed when the block fails.
+  Remote (gs://): the object itself, which its store publishes on close.
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    with path.open("wb") as f:
+      yield f
+    return
+  tmp = _temporary_sibling(path)
+  try:
+    with open(tmp, "xb") as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(path))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
   """Writes `data` to `path` via a temporary sibling, fsync and rename.
 
@@ -45,8 +78,7 @@ def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
   if is_remote(path):
     path.write_bytes(data)
     return
-  tmp = os.path.join(os.fspath(path.parent),
-                     f".{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}")
+  tmp = _temporary_sibling(path)
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     try:

@@ -314,7 +314,7 @@ def convert_run(path: PathLike, out_dir: PathLike, *, step: Optional[int] = None
   out = layout.resolve(out_dir)
   base = _base_path(ckpt)
   base_resolved = layout.resolve(base)
-  if "://" not in base and not base_resolved.exists():
+  if not spot_io.is_remote(base) and not base_resolved.exists():
     hint = (" (the run recorded a relative path: run this from the directory it was trained "
             "in)" if not os.path.isabs(base) else "")
     raise errors.MissingInputError(

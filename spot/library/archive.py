@@ -20,13 +20,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import posixpath
 import tarfile
-import uuid
 import zlib
 from typing import Callable, Iterable, Iterator, Optional
 
+from spot import io as spot_io
 from spot.library import entry as entry_lib
 from spot.library import fs
 from spot.library.errors import ArchiveError, EntryExistsError, LibraryError
@@ -56,27 +55,17 @@ def export(library: PromptLibrary, out: str, names: Optional[Iterable[str]] = No
   names = library.names() if names is None else list(dict.fromkeys(names))
   for name in names:
     library.entry(name)  # not found or corrupt: fail before writing anything
-  out = os.path.abspath(out) if fs.is_local(out) else out
-  out_path = fs.path(out)
-  local = fs.is_local(out)
-  target = f"{os.fspath(out_path)}.tmp-{uuid.uuid4().hex}" if local else out_path
-  try:
-    with fs.path(target).open("wb") as raw, \
-        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-      files = {name: library.files(name) for name in names}
-      manifest = {"format": FORMAT, "version": VERSION, "entries": names,
-                  "sizes": {n: {rel: len(d) for rel, d in sorted(f.items())}
-                            for n, f in files.items()}}
-      _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
-      for name in names:
-        for rel, data in sorted(files[name].items()):
-          _add(tar, f"{ROOT}/entries/{name}/{rel}", data)
-    if local:
-      os.replace(target, os.fspath(out_path))
-  finally:
-    if local and os.path.exists(target):
-      os.remove(target)
+  with spot_io.open_atomic(spot_io.absolute(out)) as raw, \
+      gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
+      tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    files = {name: library.files(name) for name in names}
+    manifest = {"format": FORMAT, "version": VERSION, "entries": names,
+                "sizes": {n: {rel: len(d) for rel, d in sorted(f.items())}
+                          for n, f in files.items()}}
+    _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
+    for name in names:
+      for rel, data in sorted(files[name].items()):
+        _add(tar, f"{ROOT}/entries/{name}/{rel}", data)
   return names
 
 
@@ -179,7 +168,7 @@ def _entries(tar: tarfile.TarFile, names: set[str], sizes: Optional[dict], archi
 def _scan(archive: str, each: Callable[[list[str], str, dict[str, bytes]], None]
           ) -> list[str]:
   """Reads and checks the whole archive, calling `each(names, name, files)` per entry."""
-  path = os.path.abspath(archive) if fs.is_local(archive) else archive
+  path = spot_io.absolute(archive)
   try:
     raw = fs.path(path).open("rb")
   except IsADirectoryError as e:

@@ -1,5 +1,9 @@
 """File operations the prompt library needs, on local disk and object stores.
 
+Plain atomic writes and the meaning of "remote" are `spot.io`'s; this module
+keeps what the library needs beyond them: exclusive creation, directory renames
+that refuse to replace, staging writes, locks and change stamps.
+
 Local paths are `pathlib.Path`s and use `os` directly: a directory rename is
 atomic and refuses to replace a non-empty directory, which is what makes
 concurrent adds safe. Object stores (`gs://...`) are `etils.epath.Path`s
@@ -16,12 +20,13 @@ import hashlib
 import mmap
 import os
 import pathlib
-import re
 import shutil
 import time
 import uuid
 from concurrent import futures
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar, Union
+
+from spot import io as spot_io
 
 if TYPE_CHECKING:
   from etils import epath
@@ -31,7 +36,6 @@ Path = Union[pathlib.Path, "epath.Path"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _THREADS = 16
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 # File times are coarse (a clock tick), so a directory changed this recently may
@@ -44,8 +48,8 @@ STALE_UNLOCKED_S = 60.0
 
 
 def is_local(path: PathLike) -> bool:
-  """True for a path on this machine's file system (no `scheme://`)."""
-  return not _SCHEME.match(os.fspath(path))
+  """True for a path on this machine's file system (not a URL; see `spot.io.is_remote`)."""
+  return not spot_io.is_remote(path)
 
 
 def path(p: PathLike) -> Path:
@@ -85,21 +89,13 @@ def write_synced(path: str, data: bytes) -> None:
     _datasync(f.fileno())
 
 
-def write_bytes(path: Path, data: bytes, *, local: bool) -> None:
-  """Writes `data` at `path`: atomically (temp file, fsync, rename) when local.
+def write_bytes(path: Path, data: bytes, *, local: Optional[bool] = None) -> None:
+  """Writes `data` at `path` atomically: `spot.io.write_bytes_atomic`.
 
-  On an object store a single object write is already all-or-nothing.
+  `local` is accepted for older callers; the path itself says where it lives.
   """
-  if not local:
-    path.write_bytes(data)
-    return
-  tmp = f"{os.fspath(path)}.tmp-{uuid.uuid4().hex}"
-  try:
-    write_synced(tmp, data)
-    os.replace(tmp, os.fspath(path))
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  del local
+  spot_io.write_bytes_atomic(path, data)
 
 
 def create_exclusive(path: Path, data: bytes, *, local: bool) -> bool:
