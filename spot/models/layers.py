@@ -145,19 +145,40 @@ class RelativePositionBiases(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
-    """Returns the bias [1, heads, qlen, klen]."""
-    context = np.arange(qlen, dtype=np.int32)[:, None]
-    memory = np.arange(klen, dtype=np.int32)[None, :]
-    buckets = relative_position_bucket(memory - context, bidirectional,
-                                       self.num_buckets, self.max_distance)
+  def __call__(self, qlen: int, klen: int, bidirectional: bool,
+               query_positions: Optional[Array] = None,
+               key_positions: Optional[Array] = None) -> Array:
+    """Returns the bias [1, heads, qlen, klen], or [B, heads, qlen, klen] from positions.
+
+    Without positions, query i and key j sit at positions i and j (one
+    example per row). With `query_positions` [B, qlen] and `key_positions`
+    [B, klen] (a packed row: each segment counts from 0) the bucket of every
+    pair comes from its own positions. Buckets are looked up in a numpy table
+    over every relative position a row of these lengths can hold, so both
+    paths use the same float32 bucket boundaries.
+    """
     table = self.param(
         "rel_embedding",
         nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
         (self.num_heads, self.num_buckets), jnp.float32)
     table = jnp.asarray(table, self.dtype)
-    bias = jnp.take(table, jnp.asarray(buckets), axis=1)  # [H, q, k]
-    return bias[None]
+    if query_positions is None and key_positions is None:
+      context = np.arange(qlen, dtype=np.int32)[:, None]
+      memory = np.arange(klen, dtype=np.int32)[None, :]
+      buckets = relative_position_bucket(memory - context, bidirectional,
+                                         self.num_buckets, self.max_distance)
+      return jnp.take(table, jnp.asarray(buckets), axis=1)[None]  # [1, H, q, k]
+    if query_positions is None or key_positions is None:
+      raise ValueError("RelativePositionBiases needs both query_positions and key_positions "
+                       "(or neither).")
+    # Relative positions memory - query lie in [-(qlen - 1), klen - 1].
+    relative = np.arange(-(qlen - 1), klen, dtype=np.int32)
+    lookup = jnp.asarray(relative_position_bucket(relative, bidirectional, self.num_buckets,
+                                                  self.max_distance))
+    rel = (jnp.asarray(key_positions, jnp.int32)[:, None, :]
+           - jnp.asarray(query_positions, jnp.int32)[:, :, None])  # [B, q, k]
+    buckets = jnp.take(lookup, jnp.clip(rel + (qlen - 1), 0, qlen + klen - 2))
+    return jnp.moveaxis(jnp.take(table, buckets, axis=1), 0, 1)  # [B, H, q, k]
 
 
 def attention_bias(mask: Optional[Array], bias: Optional[Array], dtype) -> Optional[Array]:
@@ -173,6 +194,17 @@ def attention_bias(mask: Optional[Array], bias: Optional[Array], dtype) -> Optio
 def make_attention_mask(query_valid: Array, key_valid: Array) -> Array:
   """[B, q] x [B, k] validity -> [B, 1, q, k] boolean mask."""
   return (query_valid[:, :, None] & key_valid[:, None, :])[:, None]
+
+
+def make_segment_mask(query_segment_ids: Array, key_segment_ids: Array) -> Array:
+  """Block-diagonal mask of packed rows, [B, q] x [B, k] segment ids -> [B, 1, q, k].
+
+  A query attends to keys of its own segment; segment 0 (padding) attends to
+  nothing and is attended by nothing.
+  """
+  same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  valid = (query_segment_ids > 0)[:, :, None] & (key_segment_ids > 0)[:, None, :]
+  return (same & valid)[:, None]
 
 
 def make_causal_mask(length: int) -> Array:

@@ -14,6 +14,18 @@ called as `prompt(embedded [B, T, D], tokens [B, T], **prompt_inputs)` and
 returns the embedded input with the prompt inserted, [B, P + T, D]. The
 encoder treats the P extra positions as always valid, so attention masks,
 relative positions and the decoder's cross-attention all cover the prompt.
+
+Packed rows (SeqIO's packed features): `encoder_segment_ids`,
+`encoder_positions`, `decoder_segment_ids` and `decoder_positions` [B, L]
+hold several examples per row. Attention is then block-diagonal by segment
+(encoder self, causal decoder self, and cross-attention between a decoder
+segment and the encoder segment with the same id), and relative position
+biases come from each token's position inside its segment. With a prompt the
+encoder row already holds P placeholder positions at the front of every
+segment (`PromptFeatureConverter(pack=True)` puts them there); the prompt
+module is called with `segment_ids=` and `positions=` and writes each
+segment's prompt over those positions, returning [B, L, D]. An example's
+output is then the same function of its tokens and its prompt as unpacked.
 """
 
 from __future__ import annotations
@@ -154,10 +166,21 @@ class Encoder(nn.Module):
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
 
   def __call__(self, tokens: Array, deterministic: bool = True,
-               prompt_inputs: Optional[Mapping[str, Array]] = None) -> tuple[Array, Array]:
-    """Returns (encoded [B, S, D], valid [B, S]) where S = prompt length + T."""
+               prompt_inputs: Optional[Mapping[str, Array]] = None,
+               segment_ids: Optional[Array] = None,
+               positions: Optional[Array] = None) -> tuple[Array, Array]:
+    """Returns (encoded [B, S, D], valid [B, S]) where S = prompt length + T.
+
+    With `segment_ids` and `positions` [B, T] (a packed row) S = T: the
+    prompt is written over each segment's first P positions.
+    """
     if tokens.ndim != 2:
       raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}.")
+    if (segment_ids is None) != (positions is None):
+      raise ValueError("A packed encoder batch needs both encoder_segment_ids and "
+                       "encoder_positions; give both (SeqIO's packed features) or neither.")
+    if segment_ids is not None:
+      return self._packed(tokens, segment_ids, positions, deterministic, prompt_inputs)
     x = self.shared_embedding(tokens.astype(jnp.int32))
     valid = tokens > 0
     if self.prompt_factory is not None:
@@ -173,9 +196,47 @@ class Encoder(nn.Module):
     length = x.shape[1]
     mask = L.make_attention_mask(valid, valid)
     bias = self.relpos_bias(length, length, True)
+    return self._stack(x, mask, bias, deterministic), valid
+
+  def _packed(self, tokens: Array, segment_ids: Array, positions: Array, deterministic: bool,
+              prompt_inputs: Optional[Mapping[str, Array]]) -> tuple[Array, Array]:
+    """The packed encoder: [B, T] rows of segments -> (encoded [B, T, D], segment_ids [B, T])."""
+    for name, value in (("encoder_segment_ids", segment_ids), ("encoder_positions", positions)):
+      if value.shape != tokens.shape:
+        raise ValueError(f"{name} has shape {value.shape}; it must match "
+                         f"encoder_input_tokens {tokens.shape}.")
+    x = self.shared_embedding(tokens.astype(jnp.int32))
+    if self.prompt_factory is not None:
+      _check_packable(self.prompt)
+      x = self.prompt(x, tokens, segment_ids=segment_ids, positions=positions,
+                      **dict(prompt_inputs or {}))
+      if x.shape[:2] != tokens.shape:
+        raise ValueError(f"The packed prompt returned shape {x.shape}; it must write over the "
+                         f"row's prompt positions and keep {tokens.shape}.")
+    elif prompt_inputs:
+      raise ValueError(
+          f"prompt_inputs {sorted(prompt_inputs)} given to a model built without a prompt; "
+          "build T5(config, prompt_factory=...) to use them.")
+    x = self.input_dropout(x, deterministic=deterministic)
+    x = L.constrain(x, ("batch", "length", "embed"))
+    length = x.shape[1]
+    mask = L.make_segment_mask(segment_ids, segment_ids)
+    bias = self.relpos_bias(length, length, True, positions, positions)
+    return self._stack(x, mask, bias, deterministic), segment_ids
+
+  def _stack(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
     x = _apply_stack(self.layers, x, mask, bias, deterministic, False)
     x = self.encoder_norm(x)
-    return self.output_dropout(x, deterministic=deterministic), valid
+    return self.output_dropout(x, deterministic=deterministic)
+
+
+def _check_packable(prompt: nn.Module) -> None:
+  """Raises before compute when `prompt` cannot fill the prompt slots of packed rows."""
+  if not getattr(type(prompt), "SUPPORTS_PACKING", False):
+    raise ValueError(
+        f"Prompt module {type(prompt).__name__} cannot be packed: it only prefixes whole rows. "
+        "Train it unpacked (--gin.PACK=False), or give it `segment_ids=`/`positions=` "
+        "keywords and SUPPORTS_PACKING = True as spot.prompts.PrefixPrompt has.")
 
 
 class Decoder(nn.Module):
@@ -196,12 +257,29 @@ class Decoder(nn.Module):
 
   def __call__(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
-    c = self.config
+               decode: bool = False, max_decode_length: Optional[int] = None,
+               encoder_segment_ids: Optional[Array] = None,
+               segment_ids: Optional[Array] = None,
+               positions: Optional[Array] = None) -> Array:
+    """Logits [B, T, V]; packed when `segment_ids`/`positions` [B, T] and
+    `encoder_segment_ids` [B, S] are given (training and scoring only)."""
     x = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     x = self.input_dropout(x, deterministic=deterministic)
     x = L.constrain(x, ("batch", "length", "embed"))
     length = x.shape[1]
+    packed = (encoder_segment_ids, segment_ids, positions)
+    if any(v is not None for v in packed):
+      if any(v is None for v in packed):
+        raise ValueError("A packed decoder batch needs encoder_segment_ids, "
+                         "decoder_segment_ids and decoder_positions; give all three or none.")
+      if decode:
+        raise ValueError("Decoding with a cache reads unpacked rows; give no segment ids "
+                         "(pack=False for inference).")
+      self_mask = jnp.logical_and(L.make_causal_mask(length),
+                                  L.make_segment_mask(segment_ids, segment_ids))
+      bias = self.relpos_bias(length, length, False, positions, positions)
+      cross_mask = L.make_segment_mask(segment_ids, encoder_segment_ids)
+      return self._stack(x, encoded, self_mask, cross_mask, bias, deterministic, False)
     if decode and length == 1:
       # One decode step: causal masking comes from the cache index inside
       # attention, which slices this step's row out of the full-length bias.
@@ -223,6 +301,12 @@ class Decoder(nn.Module):
         self_mask = jnp.logical_and(L.make_causal_mask(length),
                                     L.make_attention_mask(dec_valid, dec_valid))
     cross_mask = L.make_attention_mask(dec_valid, encoder_valid)
+    return self._stack(x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+
+  def _stack(self, x: Array, encoded: Array, self_mask: Optional[Array], cross_mask: Array,
+             bias: Array, deterministic: bool, decode: bool) -> Array:
+    """The decoder layers, final norm and logits (float32)."""
+    c = self.config
     x = _apply_stack(self.layers, x, encoded, self_mask, cross_mask, bias, deterministic, decode)
     x = self.decoder_norm(x)
     x = self.output_dropout(x, deterministic=deterministic)
@@ -252,24 +336,56 @@ class T5(nn.Module):
     self.decoder = Decoder(c, self.token_embedder)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = True,
-             prompt_inputs: Optional[Mapping[str, Array]] = None) -> tuple[Array, Array]:
-    """Returns (encoded [B, S, D], encoder_valid [B, S] bool), prompt included."""
-    return self.encoder(encoder_input_tokens, not enable_dropout, prompt_inputs)
+             prompt_inputs: Optional[Mapping[str, Array]] = None, *,
+             encoder_segment_ids: Optional[Array] = None,
+             encoder_positions: Optional[Array] = None) -> tuple[Array, Array]:
+    """Returns (encoded [B, S, D], encoder_valid [B, S] bool), prompt included.
+
+    Packed (segment ids and positions [B, S] given), the second value is the
+    encoder segment ids [B, S] (0 = padding) that the packed `decode` takes.
+    """
+    return self.encoder(encoder_input_tokens, not enable_dropout, prompt_inputs,
+                        encoder_segment_ids, encoder_positions)
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
-             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
-    """Decoder logits. With `decode=True` it reads and updates the `cache` collection."""
+             decode: bool = False, max_decode_length: Optional[int] = None, *,
+             encoder_segment_ids: Optional[Array] = None,
+             decoder_segment_ids: Optional[Array] = None,
+             decoder_positions: Optional[Array] = None) -> Array:
+    """Decoder logits. With `decode=True` it reads and updates the `cache` collection.
+
+    Packed rows (the three segment features given) are for training and
+    scoring; decoding with a cache is unpacked only.
+    """
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
-                        not enable_dropout, decode, max_decode_length)
+                        not enable_dropout, decode, max_decode_length, encoder_segment_ids,
+                        decoder_segment_ids, decoder_positions)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
                decode: bool = False, max_decode_length: Optional[int] = None,
-               prompt_inputs: Optional[Mapping[str, Array]] = None) -> Array:
-    encoded, valid = self.encode(encoder_input_tokens, enable_dropout, prompt_inputs)
+               prompt_inputs: Optional[Mapping[str, Array]] = None, *,
+               encoder_segment_ids: Optional[Array] = None,
+               encoder_positions: Optional[Array] = None,
+               decoder_segment_ids: Optional[Array] = None,
+               decoder_positions: Optional[Array] = None) -> Array:
+    """Logits [B, T, V]. The four packed features (SeqIO's, [B, S] and [B, T])
+    come together or not at all; without them every row is one example."""
+    packed = dict(encoder_segment_ids=encoder_segment_ids, encoder_positions=encoder_positions,
+                  decoder_segment_ids=decoder_segment_ids, decoder_positions=decoder_positions)
+    given = [k for k, v in packed.items() if v is not None]
+    if given and len(given) != len(packed):
+      raise ValueError(f"A packed batch needs all of {sorted(packed)}; got only {given}. Give "
+                       "all four (PromptFeatureConverter(pack=True) emits them) or none.")
+    encoded, valid = self.encode(encoder_input_tokens, enable_dropout, prompt_inputs,
+                                 encoder_segment_ids=encoder_segment_ids,
+                                 encoder_positions=encoder_positions)
     return self.decode(encoded, valid, decoder_input_tokens, decoder_target_tokens,
-                       enable_dropout, decode, max_decode_length)
+                       enable_dropout, decode, max_decode_length,
+                       encoder_segment_ids=encoder_segment_ids,
+                       decoder_segment_ids=decoder_segment_ids,
+                       decoder_positions=decoder_positions)
 
 
 def init_params(config: T5Config, rng: Optional[jax.Array] = None,

@@ -13,6 +13,12 @@ and returns [B, P + T, D] with the prompt prefixed (Lester et al., 2021).
   `task_id` and gets `[language; task]`. Any pair can be combined at inference,
   including pairs never seen in training.
 
+Packed rows (several examples per row, SeqIO's packed features): called with
+`segment_ids=` and `positions=` [B, L], a prompt module keeps the shape
+[B, L, D] and writes each segment's prompt over its positions 0..P-1 (which
+`PromptFeatureConverter(pack=True)` reserves), reading the per-example ids as
+per-token features [B, L]. Modules that can do so set `SUPPORTS_PACKING`.
+
 Prompt parameters carry the logical axes ("prompt", "prompt_embed") (and
 "tasks" for tables), which the partitioning rules replicate, so a prompt can be
 saved as one numpy array.
@@ -36,6 +42,28 @@ def prefix(prompt: Array, embedded: Array) -> Array:
   if prompt.ndim == 2:
     prompt = jnp.broadcast_to(prompt[None], (embedded.shape[0],) + prompt.shape)
   return jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)
+
+
+def prompt_slots(positions: Array, segment_ids: Array, length: int) -> Array:
+  """[B, L] bool: the positions of a packed row that hold a segment's prompt."""
+  return (positions < length) & (segment_ids > 0)
+
+
+def _packed_output(rows: Array, embedded: Array, slots: Array) -> Array:
+  """`rows` [B, L, D] at the prompt slots [B, L] of a packed row, `embedded` elsewhere."""
+  return jnp.where(slots[..., None], rows.astype(embedded.dtype), embedded)
+
+
+def _token_ids(ids: Optional[Array], name: str, shape: tuple[int, ...]) -> Array:
+  """A per-token id feature [B, L] of a packed row (see `_select` for unpacked rows)."""
+  if ids is None:
+    raise ValueError(f"This prompt needs the per-token feature {name!r} (an int32 [batch, length] "
+                     "array in a packed batch) in prompt_inputs; add it to the batch.")
+  ids = jnp.asarray(ids, jnp.int32)
+  if ids.shape != shape:
+    raise ValueError(f"{name} has shape {ids.shape} in a packed batch; it must match the "
+                     f"encoder row {shape} (PromptFeatureConverter(pack=True) makes it so).")
+  return ids
 
 
 def _select(table: Array, ids: Optional[Array], name: str, batch: int) -> Array:
@@ -64,6 +92,7 @@ class Prompt(nn.Module):
 class PrefixPrompt(nn.Module):
   """A single prompt prefixed to every example's embedded input."""
 
+  SUPPORTS_PACKING = True
   length: int = 100
   prompt_init: Callable = inits.random_uniform()
 
@@ -72,31 +101,43 @@ class PrefixPrompt(nn.Module):
       raise ValueError(f"PROMPT_LENGTH must be positive, got {self.length}.")
     self.prompt = Prompt(self.length, self.prompt_init)
 
-  def __call__(self, embedded: Array, tokens: Array, **unused: Array) -> Array:
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Optional[Array] = None,
+               positions: Optional[Array] = None, **unused: Array) -> Array:
     del tokens, unused
-    return prefix(self.prompt(embedded.shape[-1]), embedded)
+    prompt = self.prompt(embedded.shape[-1])
+    if positions is None:
+      return prefix(prompt, embedded)
+    rows = jnp.take(prompt, jnp.clip(positions, 0, self.length - 1), axis=0)  # [B, L, D]
+    return _packed_output(rows, embedded, prompt_slots(positions, segment_ids, self.length))
 
 
 class MultiTaskPrompt(nn.Module):
   """A table of prompts [num_prompts, length, D]; example i uses row `prompt_id[i]`."""
 
+  SUPPORTS_PACKING = True
   num_prompts: int
   length: int = 100
   prompt_init: Callable = inits.random_uniform()
 
   @nn.compact
   def __call__(self, embedded: Array, tokens: Array, prompt_id: Optional[Array] = None,
+               segment_ids: Optional[Array] = None, positions: Optional[Array] = None,
                **unused: Array) -> Array:
     del tokens, unused
     table = self.param("prompts", nn.with_logical_partitioning(
         self.prompt_init, ("tasks", "prompt", "prompt_embed")),
         (self.num_prompts, self.length, embedded.shape[-1]), jnp.float32)
-    return prefix(_select(table, prompt_id, "prompt_id", embedded.shape[0]), embedded)
+    if positions is None:
+      return prefix(_select(table, prompt_id, "prompt_id", embedded.shape[0]), embedded)
+    ids = jnp.clip(_token_ids(prompt_id, "prompt_id", positions.shape), 0, self.num_prompts - 1)
+    rows = table[ids, jnp.clip(positions, 0, self.length - 1)]  # [B, L, D]
+    return _packed_output(rows, embedded, prompt_slots(positions, segment_ids, self.length))
 
 
 class FactorizedPrompt(nn.Module):
   """xGen factorized prompt: `[language sub-prompt; task sub-prompt]` per example."""
 
+  SUPPORTS_PACKING = True
   num_languages: int
   num_tasks: int
   language_length: int = 50
@@ -106,7 +147,8 @@ class FactorizedPrompt(nn.Module):
 
   @nn.compact
   def __call__(self, embedded: Array, tokens: Array, language_id: Optional[Array] = None,
-               task_id: Optional[Array] = None, **unused: Array) -> Array:
+               task_id: Optional[Array] = None, segment_ids: Optional[Array] = None,
+               positions: Optional[Array] = None, **unused: Array) -> Array:
     del tokens, unused
     d, b = embedded.shape[-1], embedded.shape[0]
     lang = self.param("language_prompts", nn.with_logical_partitioning(
@@ -115,9 +157,25 @@ class FactorizedPrompt(nn.Module):
     task = self.param("task_prompts", nn.with_logical_partitioning(
         self.task_init, ("tasks", "prompt", "prompt_embed")),
         (self.num_tasks, self.task_length, d), jnp.float32)
+    if positions is not None:
+      return self._packed(lang, task, embedded, language_id, task_id, segment_ids, positions)
     combined = jnp.concatenate([_select(lang, language_id, "language_id", b),
                                 _select(task, task_id, "task_id", b)], axis=1)
     return prefix(combined, embedded)
+
+  def _packed(self, lang: Array, task: Array, embedded: Array, language_id: Optional[Array],
+              task_id: Optional[Array], segment_ids: Array, positions: Array) -> Array:
+    """Packed rows: positions 0..P_l-1 of a segment take its language sub-prompt,
+    P_l..P_l+P_t-1 its task sub-prompt ([B, L, D] out)."""
+    shape = positions.shape
+    lang_ids = jnp.clip(_token_ids(language_id, "language_id", shape), 0, self.num_languages - 1)
+    task_ids = jnp.clip(_token_ids(task_id, "task_id", shape), 0, self.num_tasks - 1)
+    n = self.language_length
+    lang_rows = lang[lang_ids, jnp.clip(positions, 0, n - 1)]
+    task_rows = task[task_ids, jnp.clip(positions - n, 0, self.task_length - 1)]
+    rows = jnp.where((positions < n)[..., None], lang_rows, task_rows)
+    slots = prompt_slots(positions, segment_ids, n + self.task_length)
+    return _packed_output(rows, embedded, slots)
 
 
 def prompt_length(module: nn.Module) -> int:
@@ -127,6 +185,11 @@ def prompt_length(module: nn.Module) -> int:
   if isinstance(module, FactorizedPrompt):
     return module.language_length + module.task_length
   raise TypeError(f"Unknown prompt module {type(module).__name__}.")
+
+
+def supports_packing(module: nn.Module) -> bool:
+  """Whether a prompt module can write a prompt per segment of a packed row."""
+  return bool(getattr(type(module), "SUPPORTS_PACKING", False))
 
 
 def prompt_input_names(module: nn.Module) -> Sequence[str]:
