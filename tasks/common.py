@@ -24,6 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from spot import errors
 from spot.tasks import metrics
 
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -337,13 +338,13 @@ def find_split_file(data_dirs: Sequence[str], layout: LocalLayout, split: str,
                     task_name: str) -> str:
   """The first existing candidate file for `split`, or an error naming them."""
   if split not in layout.split_files:
-    raise ValueError(f"Task {task_name!r} has no split {split!r} in local files; "
-                     f"use one of {sorted(layout.split_files)}.")
+    raise errors.ConfigError(f"Task {task_name!r} has no split {split!r} in local files; "
+                             f"use one of {sorted(layout.split_files)}.")
   paths = layout.candidates(data_dirs, split)
   for path in paths:
     if tf.io.gfile.exists(path):
       return path
-  raise FileNotFoundError(
+  raise errors.MissingInputError(
       f"Task {task_name!r}, split {split!r}: none of the expected files exists: "
       f"{', '.join(paths)}. Put the file there (see docs/tasks.md for the layout), "
       "or register the task without a data directory to read it from TFDS.")
@@ -373,7 +374,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
       try:
         out.append(json.loads(line))
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not a JSON object ({e}).") from e
+        raise errors.DataError(f"{path}:{n}: not a JSON object ({e}).") from e
   return out
 
 
@@ -395,7 +396,7 @@ def _column(values: list[Any]) -> Any:
 def rows_to_dataset(rows: list[Row], path: str) -> tf.data.Dataset:
   """Parsed rows (dicts with TFDS's feature names) as a tf.data.Dataset."""
   if not rows:
-    raise ValueError(f"{path} holds no examples; check that it is the right file.")
+    raise errors.DataError(f"{path} holds no examples; check that it is the right file.")
   return tf.data.Dataset.from_tensor_slices({k: _column([r[k] for r in rows]) for k in rows[0]})
 
 
@@ -473,7 +474,8 @@ def register_specs(specs: Mapping[str, TaskSpec], benchmark: str, *, data_dir: D
   keys = list(specs) if tasks is None else list(tasks)
   unknown = sorted(set(keys) - set(specs))
   if unknown:
-    raise ValueError(f"Unknown {benchmark} task(s) {unknown}; choose from {list(specs)}.")
+    raise errors.UnknownNameError(f"Unknown {benchmark} task(s) {unknown}; choose from "
+                                  f"{list(specs)}.")
   names = []
   for key in keys:
     spec, name = specs[key], f"{name_prefix}_{key}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Mapping, Optional, Sequence, Union
 
+from spot import errors
 from spot.tasks import common
 
 TFDS_VERSION = "2.0.0"
@@ -150,9 +151,9 @@ def read_glue_file(path: str, task: GlueTask) -> list[common.Row]:
   elif task.positions is not None:
     columns, body = dict(task.positions), lines
   else:
-    raise ValueError(f"{path}: expected a header with columns "
-                     f"{sorted(task.features.values())}, got {header}; is it a "
-                     f"{task.key.upper()} file?")
+    raise errors.DataError(f"{path}: expected a header with columns "
+                           f"{sorted(task.features.values())}, got {header}; is it a "
+                           f"{task.key.upper()} file?")
   width = max(columns.values()) + 1
   rows = []
   for fields in body:

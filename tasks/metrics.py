@@ -21,13 +21,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import scipy.stats
 
+from spot import errors
+
 MetricFn = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
 
 
 def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
   if len(targets) != len(predictions):
-    raise ValueError(f"Got {len(targets)} targets but {len(predictions)} predictions; "
-                     "they must pair up one to one.")
+    raise errors.DataError(f"Got {len(targets)} targets but {len(predictions)} predictions; "
+                           "they must pair up one to one.")
 
 
 def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
@@ -194,7 +196,8 @@ TASK_METRICS: dict[str, tuple[MetricFn, ...]] = {
 def metric_fns(task_key: str) -> list[MetricFn]:
   """The metric functions of a task key such as "mrpc" or "cb"."""
   if task_key not in TASK_METRICS:
-    raise KeyError(f"No metrics for task {task_key!r}; known: {sorted(TASK_METRICS)}.")
+    raise errors.UnknownNameError(f"No metrics for task {task_key!r}; known: "
+                                  f"{sorted(TASK_METRICS)}.")
   return list(TASK_METRICS[task_key])
 
 
@@ -228,7 +231,7 @@ def task_score(scores: Mapping[str, float]) -> float:
   """One task's score: the mean of its metrics (T5's grouping, e.g. MRPC =
   (F1 + accuracy) / 2, STS-B = (Pearson + Spearman) / 2)."""
   if not scores:
-    raise ValueError("No metrics to average; a task score needs at least one.")
+    raise errors.DataError("No metrics to average; a task score needs at least one.")
   return float(np.mean([float(v) for v in scores.values()]))
 
 
@@ -241,8 +244,8 @@ def _benchmark_average(parts: Mapping[str, tuple[tuple[str, str], ...]],
   missing = sorted({key(t) for p in parts.values() for t, m in p
                     if key(t) not in scores or m not in scores[key(t)]})
   if missing:
-    raise ValueError(f"The {benchmark} average needs scores of {missing} (with their official "
-                     f"metrics); got tasks {sorted(scores)}.")
+    raise errors.DataError(f"The {benchmark} average needs scores of {missing} (with their "
+                           f"official metrics); got tasks {sorted(scores)}.")
   out = {task: float(np.mean([scores[key(t)][m] for t, m in p])) for task, p in parts.items()}
   out["average"] = float(np.mean(list(out.values())))
   return out

@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 
 import seqio
 
+from spot import errors
 from spot.tasks import common
 from spot.tasks import glue  # noqa: F401  registers the default tasks first
 from spot.tasks import superglue  # noqa: F401
@@ -63,8 +64,8 @@ def mixing_rate(num_examples: int, cap: Optional[int] = DEFAULT_CAP,
                 temperature: float = 1.0) -> float:
   """T5's examples-proportional rate: min(n, cap) ** (1 / temperature)."""
   if num_examples < 0 or (cap is not None and cap <= 0) or temperature <= 0:
-    raise ValueError(f"Need num_examples >= 0, cap > 0 (or None) and temperature > 0; got "
-                     f"{num_examples}, {cap}, {temperature}.")
+    raise errors.ConfigError(f"Need num_examples >= 0, cap > 0 (or None) and temperature > 0; got "
+                             f"{num_examples}, {cap}, {temperature}.")
   n = num_examples if cap is None else min(num_examples, cap)
   return float(n) ** (1.0 / temperature)
 
@@ -105,8 +106,8 @@ def register_spot_mixtures(glue_prefix: str = "spot_glue",
   extra = dict(extra_members or {})
   unknown = sorted(set(extra) - set(SPOT_MIXTURES))
   if unknown:
-    raise ValueError(f"extra_members names unknown mixture(s) {unknown}; use keys of "
-                     f"{list(SPOT_MIXTURES)}.")
+    raise errors.UnknownNameError(f"extra_members names unknown mixture(s) {unknown}; use keys of "
+                                  f"{list(SPOT_MIXTURES)}.")
   names = []
   for key, members in SPOT_MIXTURES.items():
     rates = [(member_name(m, glue_prefix, superglue_prefix),
@@ -114,9 +115,9 @@ def register_spot_mixtures(glue_prefix: str = "spot_glue",
     rates += [(task, mixing_rate(n, cap, temperature)) for task, n in extra.get(key, ())]
     missing = [t for t, _ in rates if t not in seqio.TaskRegistry.names()]
     if missing:
-      raise ValueError(f"Mixture {key!r} needs tasks {missing}, which are not registered; "
-                       "register them first (register_glue / register_superglue with the "
-                       "same prefixes).")
+      raise errors.ConfigError(f"Mixture {key!r} needs tasks {missing}, which are not registered; "
+                               "register them first (register_glue / register_superglue with the "
+                               "same prefixes).")
     if local_only and any(common.is_local(t) for t, _ in rates):
       dropped = [t for t, _ in rates if not common.is_local(t)]
       if dropped:
@@ -134,7 +135,7 @@ def mixture_rates(name: str) -> dict[str, float]:
   """Task name -> mixing rate of a registered mixture."""
   mixture = seqio.get_mixture_or_task(name)
   if not isinstance(mixture, seqio.Mixture):
-    raise ValueError(f"{name!r} is a task, not a mixture.")
+    raise errors.ConfigError(f"{name!r} is a task, not a mixture; pass a mixture name.")
   return {task.name: mixture.get_rate(task) for task in mixture.tasks}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+from spot import errors
 from spot.tasks import common
 
 TFDS_VERSION = "1.0.2"
@@ -132,8 +133,8 @@ def read_superglue_file(path: str, task: SuperGlueTask) -> list[common.Row]:
       row["idx"] = obj["idx"]
       rows.append(row)
     except KeyError as e:
-      raise ValueError(f"{path}:{n}: missing field {e} of a {task.folder} example; is it "
-                       f"the {task.folder} JSONL file?") from e
+      raise errors.DataError(f"{path}:{n}: missing field {e} of a {task.folder} example; is it "
+                             f"the {task.folder} JSONL file?") from e
   return rows
 
 

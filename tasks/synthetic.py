@@ -46,6 +46,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from spot import errors
 from spot import vocab as vocab_lib
 from spot.tasks import common
 from spot.tasks import metrics
@@ -281,11 +282,14 @@ def examples(skill: str, domain: str, split: str, seed: int = DEFAULT_SEED,
   asks the same facts and measures whether the skill is invoked.
   """
   if skill not in SKILLS:
-    raise ValueError(f"Unknown synthetic skill {skill!r}; choose from {list(SKILLS)}.")
+    raise errors.UnknownNameError(f"Unknown synthetic skill {skill!r}; choose from "
+                                  f"{list(SKILLS)}.")
   if domain not in DOMAINS:
-    raise ValueError(f"Unknown synthetic domain {domain!r}; choose from {list(DOMAINS)}.")
+    raise errors.UnknownNameError(f"Unknown synthetic domain {domain!r}; choose from "
+                                  f"{list(DOMAINS)}.")
   if split not in NUM_EXAMPLES:
-    raise ValueError(f"Synthetic tasks have splits {list(NUM_EXAMPLES)}, not {split!r}.")
+    raise errors.UnknownNameError(f"Synthetic tasks have splits {list(NUM_EXAMPLES)}, not "
+                                  f"{split!r}.")
   s, d = SKILLS[skill], DOMAINS[domain]
   n = NUM_EXAMPLES[split] if num_examples is None else num_examples
   rng = _rng(seed, task_name(skill, domain), split)
@@ -350,8 +354,8 @@ def skill_of(name: str) -> Skill:
   for s in SKILLS.values():
     if name in (task_name(s.name, d) for d in DOMAINS):
       return s
-  raise ValueError(f"{name!r} is not a synthetic task; the tasks are "
-                   f"{', '.join(SOURCE_TASKS + TARGET_TASKS + PRETRAIN_TASKS)}.")
+  raise errors.UnknownNameError(f"{name!r} is not a synthetic task; the tasks are "
+                                f"{', '.join(SOURCE_TASKS + TARGET_TASKS + PRETRAIN_TASKS)}.")
 
 
 def related_source(target: str) -> str:
@@ -375,7 +379,8 @@ def register_synthetic(seed: int = DEFAULT_SEED,
   skills = list(SKILLS) if skills is None else list(skills)
   unknown = [s for s in skills if s not in SKILLS]
   if unknown or not skills:
-    raise ValueError(f"Unknown synthetic skills {unknown or skills}; choose from {list(SKILLS)}.")
+    raise errors.UnknownNameError(f"Unknown synthetic skills {unknown or skills}; choose from "
+                                  f"{list(SKILLS)}.")
   names = []
   for skill in SKILLS.values():
     for domain in DOMAINS:

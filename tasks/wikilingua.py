@@ -35,6 +35,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import seqio
 
+from spot import errors
 from spot.xgen import languages as langs
 from spot.xgen import metrics
 from spot.xgen import preprocessors as prep
@@ -102,8 +103,9 @@ def _wikilingua_languages(data_dir: Optional[str],
     return list(langs.WIKILINGUA_CODES)
   found = [c for c in langs.WIKILINGUA_CODES if sources.find_wikilingua_file(data_dir, c)]
   if not found:
-    raise FileNotFoundError(f"no WikiLingua JSONL files (wiki_lingua_<language>_<code>.jsonl) "
-                            f"under {data_dir}")
+    raise errors.MissingInputError(f"no WikiLingua JSONL files "
+                                   f"(wiki_lingua_<language>_<code>.jsonl) under {data_dir}; "
+                                   "put GEM WikiLingua JSONL files there")
   return found
 
 
@@ -233,12 +235,12 @@ def register_mix_unsup(target_languages: Optional[Sequence[str]] = None,
   with the same `name_prefix` first.
   """
   if not 0.0 < rate < 1.0:
-    raise ValueError(f"rate must be in (0, 1), got {rate}")
+    raise errors.ConfigError(f"rate must be in (0, 1), got {rate}")
   tasks = set(seqio.TaskRegistry.names())
   english = f"{name_prefix}wikilingua_en"
   if english not in tasks:
-    raise ValueError(f"{english} is not registered; call register_wikilingua("
-                     f"name_prefix={name_prefix!r}) first")
+    raise errors.ConfigError(f"{english} is not registered; call register_wikilingua("
+                             f"name_prefix={name_prefix!r}) first")
   if target_languages is None:
     target_languages = [c for c in langs.WIKILINGUA_CODES if c != "en"
                         and f"{name_prefix}xgen_span_corruption_{c}" in tasks
@@ -249,8 +251,8 @@ def register_mix_unsup(target_languages: Optional[Sequence[str]] = None,
     evaluation = f"{name_prefix}wikilingua0_{lang}"
     for needed in (corruption, evaluation):
       if needed not in tasks:
-        raise ValueError(f"{needed} is not registered; register the WikiLingua and "
-                         f"span-corruption tasks for {lang!r} first")
+        raise errors.ConfigError(f"{needed} is not registered; register the WikiLingua and "
+                                 f"span-corruption tasks for {lang!r} first")
     names.append(_add_mixture(f"{name_prefix}wikilingua0_mix_unsup_{lang}",
                               [(english, 1.0 - rate), (corruption, rate), (evaluation, 1.0)]))
     everything += [(corruption, rate / len(target_languages)), (evaluation, 1.0)]
