@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import secrets
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -38,6 +38,7 @@ from flax import traverse_util
 
 from spot import errors
 from spot import io as spot_io
+from spot.train.train_state import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +176,14 @@ class RunCheckpointer:
       self._best.reload()
     return moved
 
-  def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any],
-           best: bool = False) -> None:
-    """Saves `step` (replacing a committed one of the same step) and waits for the commit."""
+  def save(self, step: int, state: Union[TrainState, Mapping[str, Any]],
+           meta: Mapping[str, Any], best: bool = False) -> None:
+    """Saves `state` as `step` (replacing a committed one of the same step); waits for the commit.
+
+    `state` is a `TrainState` (stored as `TrainState.to_checkpoint()`) or that tree itself.
+    """
+    if isinstance(state, TrainState):
+      state = state.to_checkpoint()
     mngr = self._best if best else self._latest
     if step in mngr.all_steps():
       mngr.delete(step)
@@ -192,8 +198,16 @@ class RunCheckpointer:
       if s not in keep_steps:
         self._best.delete(s)
 
-  def restore(self, abstract_state: Mapping[str, Any], step: Optional[int] = None,
-              best: bool = False) -> tuple[dict, dict]:
+  def restore(self, abstract_state: Union[TrainState, Mapping[str, Any]],
+              step: Optional[int] = None, best: bool = False) -> tuple[Any, dict]:
+    """(state, meta) of `step` (default: the latest), in the form of `abstract_state`.
+
+    Given a `TrainState` (of arrays or ShapeDtypeStructs) it returns a `TrainState`;
+    given the checkpoint tree, that tree.
+    """
+    if isinstance(abstract_state, TrainState):
+      tree, meta = self.restore(abstract_state.to_checkpoint(), step, best)
+      return TrainState.from_checkpoint(tree), meta
     mngr = self._best if best else self._latest
     step = mngr.latest_step() if step is None else step
     if step is None:

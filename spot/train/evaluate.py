@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 from etils import epath
 
 from spot import partitioning as partitioning_lib
+from spot.models import size_name
 from spot.train import checkpointing, data as data_lib, progress, state as state_lib
+from spot.train.config import EvalConfig, RunSummary
 from spot.train.evaluation import Evaluator
 from spot.train.models import EncoderDecoderModel
-from spot.train.trainer import EvalConfig
 
 
 def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
@@ -21,7 +21,8 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
              restore_model_dir: Optional[str] = None, use_best: bool = False,
              num_examples: Optional[int] = None, decode: Optional[Mapping[str, Any]] = None,
              seed: int = 0, partitioner: Optional[partitioning_lib.Partitioner] = None,
-             gin_config: Optional[str] = None, method: Optional[str] = None
+             gin_config: Optional[str] = None, method: Optional[str] = None,
+             metrics_writers: Sequence[Callable[[RunSummary], Any]] = ()
              ) -> dict[str, float]:
   """Evaluates and writes `output_dir/eval_results.json` and TensorBoard scalars.
 
@@ -32,8 +33,10 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
     output_dir: where results go.
     initial_checkpoint_path: the frozen base checkpoint (default: the run's).
     use_best: restore the run's best checkpoint rather than its latest.
-    method: label for `spot xgen report` when the tasks report xGen metrics
-      (scores then also go to `output_dir/xgen_scores.json`).
+    method: label for `spot xgen report` (default "pt" with a prompt, else "mt").
+    metrics_writers: called on process 0 with a `RunSummary` of the results
+      (step None); `prompt_eval.gin` binds `spot.xgen.report.write_xgen_scores`,
+      which writes `output_dir/xgen_scores.json` when the tasks report xGen metrics.
   """
   partitioner = partitioner or partitioning_lib.Partitioner.create()
   data_lib.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module, dataset_cfg.data_dir,
@@ -62,7 +65,12 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
     summaries.close()
     for k, v in sorted(results.items()):
       print(f"{k}: {'null (not finite)' if v is None else f'{v:.4f}'}", flush=True)
-    from spot.train.trainer import write_xgen_scores
-    write_xgen_scores(model, output_dir, {k: v for k, v in results.items() if v is not None},
-                      method or ("pt" if model.prompt is not None else "mt"), seed=seed)
+    summary = RunSummary(model_dir=str(output_dir), task=dataset_cfg.mixture_or_task_name,
+                         method=method or ("pt" if model.prompt is not None else "mt"),
+                         seed=seed, step=None,
+                         results={k: v for k, v in results.items() if v is not None},
+                         model_size=size_name(model.config),
+                         prompt_length=model.prompt_length or None)
+    for write in metrics_writers:
+      write(summary)
   return results

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -42,51 +42,16 @@ from spot import io as spot_io
 from spot import partitioning as partitioning_lib
 from spot.train import checkpointing, optimizers, progress, trainable as trainable_lib
 from spot.train import state as state_lib
+from spot.train import train_state as train_state_lib
+from spot.train.config import CheckpointConfig, EvalConfig, RunSummary
+from spot.train.early_stopping import EarlyStopping, finite_results
 from spot.train.models import EncoderDecoderModel
+from spot.train.train_state import TrainState
 
 logger = logging.getLogger(__name__)
 
 # `spot.train.data` (SeqIO, TensorFlow: ~700 MiB) is imported inside `train`, so
 # the step itself (`make_train_step`, benchmarks) does not pay for it.
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-  """How often to save, how many to keep, and whether to export prompts as numpy."""
-
-  period: int = 1000
-  keep: int = 1
-  save_numpy: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """Periodic evaluation with the tasks' SeqIO metrics.
-
-  Attributes:
-    period: evaluate every `period` steps (0: only after the last step).
-    tasks: tasks to evaluate; default: the training task or mixture's tasks.
-    split / num_examples / batch_size / task_feature_lengths: the eval data
-      (lengths default to the training ones).
-    best_metric: "task/metric" (or just "metric" when there is one task) whose
-      best value is kept in `model_dir/best`.
-    mode: "max" or "min" for best_metric.
-    early_stopping_patience: stop after this many evaluations without
-      improvement of best_metric (None: never).
-    decode: keyword arguments of `spot.train.inference.predict_batch`
-      (method, num_decodes, alpha, temperature, topk, topp).
-  """
-
-  period: int = 0
-  tasks: Optional[Sequence[str]] = None
-  split: str = "validation"
-  num_examples: Optional[int] = None
-  batch_size: int = 32
-  task_feature_lengths: Optional[Mapping[str, int]] = None
-  best_metric: Optional[str] = None
-  mode: str = "max"
-  early_stopping_patience: Optional[int] = None
-  decode: Optional[Mapping[str, Any]] = None
 
 
 # T5's RMS layer norm squares its float32 input: a value at or above sqrt(f32 max)
@@ -226,107 +191,368 @@ class FiniteGuard:
       raise errors.DivergedError(self._on_diverged(step))
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalState:
-  """What a resumed run needs to continue best/ and early stopping as if never stopped.
+def make_state_step(model: EncoderDecoderModel, tx: optax.GradientTransformation,
+                    num_microbatches: int = 1):
+  """`(state, frozen, batch, rng) -> (state, metrics)`: `make_train_step` over a TrainState.
 
-  Attributes:
-    history: [(step, {"task/metric": value or None})] (None: non-finite).
-    best: (step, value) of the best finite best_metric so far, or None.
-    bad_evals: evaluations since the best without improvement.
+  Data order and dropout depend on `state.step` (the updates before this one),
+  so a resumed run takes the same steps as an uninterrupted one.
+  """
+  step_fn = make_train_step(model, tx, num_microbatches)
+
+  def state_step(state: TrainState, frozen: Any, batch: Mapping[str, jax.Array],
+                 rng: jax.Array) -> tuple[TrainState, dict]:
+    trainable, opt_state, metrics = step_fn(state.trainable, state.opt_state, frozen, batch,
+                                            state.step, rng)
+    return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+  return state_step
+
+
+def compile_train_step(partitioner: partitioning_lib.Partitioner, step_fn: Any,
+                       shardings: TrainState, frozen_shardings: Any,
+                       batch: Mapping[str, Any]) -> partitioning_lib.PartitionedFn:
+  """The state step compiled through the partitioner; the state's buffers are donated."""
+  rep = partitioner.replicated
+  return partitioner.partition(
+      step_fn, in_shardings=(shardings, frozen_shardings, partitioner.batch_shardings(batch), rep),
+      out_shardings=(shardings, rep), donate_argnums=(0,))
+
+
+def make_eval_step(model: EncoderDecoderModel):
+  """`(state, frozen, batch) -> metrics`: the summed loss, correct tokens and token count.
+
+  Compile it with `compile_eval_step`; dropout is off (no rng).
   """
 
-  history: tuple[tuple[int, Mapping[str, Optional[float]]], ...] = ()
-  best: Optional[tuple[int, float]] = None
-  bad_evals: int = 0
+  def eval_step(state: TrainState, frozen: Any, batch: Mapping[str, jax.Array]) -> dict:
+    _, metrics = model.loss(trainable_lib.merge(state.trainable, frozen), batch, None)
+    return metrics
 
-  def to_meta(self) -> dict:
-    return {"eval_history": [[s, dict(r)] for s, r in self.history],
-            "best": list(self.best) if self.best else None, "bad_evals": self.bad_evals}
-
-  @classmethod
-  def from_meta(cls, meta: Mapping[str, Any]) -> "EvalState":
-    best = meta.get("best")
-    return cls(history=tuple((int(s), dict(r)) for s, r in meta.get("eval_history") or ()),
-               best=(int(best[0]), float(best[1])) if best else None,
-               bad_evals=int(meta.get("bad_evals") or 0))
-
-  def evaluated(self, step: int) -> bool:
-    return any(s == step for s, _ in self.history)
+  return eval_step
 
 
-def finite_results(results: Mapping[str, Any], step: int) -> dict[str, Optional[float]]:
-  """{"task/metric": value} with non-finite values as None (logged as a warning).
+def compile_eval_step(partitioner: partitioning_lib.Partitioner, model: EncoderDecoderModel,
+                      shardings: TrainState, frozen_shardings: Any,
+                      batch: Mapping[str, Any]) -> partitioning_lib.PartitionedFn:
+  """`make_eval_step(model)` compiled through the partitioner (metrics replicated)."""
+  return partitioner.partition(
+      make_eval_step(model),
+      in_shardings=(shardings, frozen_shardings, partitioner.batch_shardings(batch)),
+      out_shardings=partitioner.replicated)
 
-  STS-B's Pearson/Spearman are NaN while early predictions are constant;
-  T5X logs such a metric and carries on, and so does spot: None is JSON null.
+
+def model_batch(batch: Mapping[str, Any], model: EncoderDecoderModel) -> dict:
+  """The features of a SeqIO batch that the model reads."""
+  keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+          "decoder_loss_weights", *model.prompt_input_names)
+  return {k: v for k, v in batch.items() if k in keys}
+
+
+MetricsWriter = Callable[[RunSummary], Any]
+
+
+class _Run:
+  """The mutable side of one `train()` call: state, saves, evaluations, logs.
+
+  `train()` owns the order of things; this object owns how each one is done,
+  so the loop reads top to bottom without closures over its variables.
   """
-  out: dict[str, Optional[float]] = {}
-  for k, v in results.items():
-    value = None if v is None else float(v)
-    if value is not None and not math.isfinite(value):
-      logger.warning("Eval metric %s is %s at step %d; recorded as null.", k, value, step)
-      value = None
-    out[k] = value
-  return out
+
+  def __init__(self, *, model_dir: str, ckpt: checkpointing.RunCheckpointer,
+               checkpoint_cfg: CheckpointConfig, run_meta: Mapping[str, Any],
+               state: TrainState, shardings: TrainState, frozen: Any, frozen_shardings: Any,
+               step_fn: Any, partitioner: partitioning_lib.Partitioner,
+               stopper: EarlyStopping, evaluator: Any, last_good: Optional[tuple[int, str]],
+               verbose: bool):
+    self.model_dir, self.ckpt, self.checkpoint_cfg = model_dir, ckpt, checkpoint_cfg
+    self.run_meta, self.state, self.shardings = run_meta, state, shardings
+    self.frozen, self.frozen_shardings, self.partitioner = frozen, frozen_shardings, partitioner
+    self.step_fn, self.compiled = step_fn, None
+    self.stopper, self.evaluator, self.last_good, self.verbose = stopper, evaluator, last_good, verbose
+    self.guard = FiniteGuard(lambda at: diverged_message(
+        at, model_dir, _learning_rate(self.state.opt_state), self.last_good))
+    self.losses: list[tuple[int, float]] = []
+
+  def train_step(self, batch: Mapping[str, Any], global_batch_size: int, rng: jax.Array,
+                 step: int) -> dict:
+    """Runs one update; its finiteness is read one step late by the guard."""
+    gbatch = self.partitioner.shard_batch(batch, global_batch_size)
+    if self.compiled is None:
+      self.compiled = compile_train_step(self.partitioner, self.step_fn, self.shardings,
+                                         self.frozen_shardings, batch)
+    self.state, metrics = self.compiled(self.state, self.frozen, gbatch, rng)
+    self.guard.push(step, metrics["finite"])
+    return metrics
+
+  def log(self, step: int, metrics: Mapping[str, Any], prog: progress.Progress,
+          summaries: progress.Summaries) -> None:
+    self.guard.check()
+    scalars = _train_scalars(jax.device_get(metrics), _learning_rate(self.state.opt_state))
+    self.losses.append((step, scalars["loss"]))
+    if self.verbose:
+      prog.log(step, scalars)
+    summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
+                                 **{"train/steps_per_sec": prog.steps_per_sec}))
+
+  def save(self, step: int, best: bool = False) -> None:
+    """numpy export first, then the orbax commit: a committed step always has its export."""
+    self.guard.check()  # never save a non-finite state
+    meta = dict(self.run_meta, step=step, data_batches_consumed=step, **self.stopper.to_meta())
+    if self.checkpoint_cfg.save_numpy:
+      checkpointing.save_prompt_numpy(self.model_dir, step, self.state.trainable)
+    self.ckpt.save(step, self.state, meta, best=best)
+    if not best:
+      self.last_good = (step, self.ckpt.path(step))
+      # Older best/ steps go only once a checkpoint's meta names the new best.
+      self.ckpt.prune_best([self.stopper.best_step] if self.stopper.best else [])
+
+  def evaluate(self, step: int) -> None:
+    """Evaluates, records the result and saves best/ when it improved."""
+    self.guard.check()
+    raw = self.evaluator.evaluate(trainable_lib.merge(self.state.trainable, self.frozen), step)
+    results = finite_results(raw, step)
+    if self.stopper.update(step, results):
+      self.save(step, best=True)
+    if jax.process_index() == 0:
+      print(f"eval step {step}: {progress.format_metrics(results)}", flush=True)
 
 
-def improves(value: Optional[float], best: Optional[tuple[int, float]], mode: str) -> bool:
-  """Whether `value` beats `best`; a missing or non-finite value never does."""
-  if value is None or not math.isfinite(value):
-    return False
-  if best is None:
-    return True
-  return value > best[1] if mode == "max" else value < best[1]
+def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConfig,
+          model_dir: str, train_steps: int, initial_checkpoint_path: Optional[str],
+          optimizer: Optional[optax.GradientTransformation] = None,
+          trainable: Union[str, Sequence[str]] = "prompt", seed: int = 0,
+          num_microbatches: int = 1,
+          checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+          eval_cfg: Optional[EvalConfig] = None, log_every: int = 10,
+          partitioner: Optional[partitioning_lib.Partitioner] = None,
+          stop_after_steps: Optional[int] = None, gin_config: Optional[str] = None,
+          method: Optional[str] = None, verbose: bool = True,
+          metrics_writers: Sequence[MetricsWriter] = ()) -> TrainResult:
+  """Trains `trainable` parameters of `model` on a SeqIO task; resumes if possible.
 
+  Args:
+    model: the model (with a prompt for prompt tuning).
+    train_dataset_cfg: the SeqIO task/mixture, feature lengths, batch size.
+    model_dir: where checkpoints, summaries and the config go (local or gs://).
+    train_steps: the step to stop at (absolute, as in T5X).
+    initial_checkpoint_path: T5X checkpoint of the frozen base ("random" for tests).
+    optimizer: an optax transformation; default Adafactor with the
+      prompt-tuning paper's settings (lr 0.3 constant).
+    trainable: "prompt" (default), "all" (model tuning) or regex(es) over
+      '/'-joined parameter paths.
+    seed: fixes data order, dropout and prompt initialisation.
+    num_microbatches: gradient accumulation steps per update.
+    checkpoint_cfg / eval_cfg: saving and evaluation.
+    log_every: steps between progress lines and summaries.
+    partitioner: mesh and rules; default: all devices on the 'data' axis.
+    stop_after_steps: leave after this many steps in this invocation (for
+      tests of resumption), without the final evaluation.
+    gin_config: the operative gin config text, saved as model_dir/config.gin
+      (atomically, and only once the run's settings have been checked).
+    method: the label reports group runs by (e.g. "spot_glue"); default
+      "prompt_tuning" or "model_tuning" from `trainable`.
+    metrics_writers: called on process 0 with a `RunSummary` of the best
+      evaluation (the last one without best_metric) after the final one, e.g.
+      `spot.report_writers.write_final_metrics` (metrics.json) and
+      `spot.xgen.report.write_xgen_scores`; the run files bind both.
 
-def record_eval(state: EvalState, step: int, results: Mapping[str, Optional[float]],
-                best_metric: Optional[str], mode: str) -> EvalState:
-  """The EvalState after one evaluation at `step` (pure)."""
-  history = state.history + ((step, dict(results)),)
-  if not best_metric:
-    return dataclasses.replace(state, history=history)
-  from spot.train import evaluation  # pylint: disable=g-import-not-at-top
-  value = evaluation.pick_metric(results, best_metric)
-  if improves(value, state.best, mode):
-    return EvalState(history, (step, value), 0)
-  return EvalState(history, state.best, state.bad_evals + 1)
-
-
-def write_xgen_scores(model: EncoderDecoderModel, model_dir: str, results: Mapping[str, float],
-                      method: str, **meta: Any) -> None:
-  """`xgen_scores.json` for `spot xgen report` when the results hold xGen metrics."""
-  from spot.models import size_name
-  from spot.xgen import report as xgen_report
-  by_task: dict[str, dict] = {}
-  for key, value in results.items():
-    task, _, metric = key.partition("/")
-    if value is not None:
-      by_task.setdefault(task, {})[metric] = value
-  scores = xgen_report.scores_by_language(by_task)
-  if scores:
-    xgen_report.write_run_scores(model_dir, scores, size=size_name(model.config), method=method,
-                                 prompt_length=model.prompt_length or None, **meta)
-
-
-def _write_final_metrics(model: EncoderDecoderModel, model_dir: str, task: str,
-                         evals: EvalState, method: str, seed: int) -> None:
-  """`metrics.json` for `spot report` (and xGen scores): the best evaluation, else the last.
-
-  Non-finite metrics are already None (JSON null) in `evals`.
+  Raises:
+    UsageError: a setting that cannot work (task, batch split, resume with
+      another base checkpoint or prompt shape), before model_dir changes.
+    SystemResourceError: model_dir is not writable, before any compute.
+    DivergedError: a non-finite step (nothing non-finite is ever saved).
   """
-  from spot import report
-  step, results = evals.history[-1]
-  if evals.best is not None:
-    step, results = next((s, r) for s, r in evals.history if s == evals.best[0])
-  write_xgen_scores(model, model_dir, results, method, seed=seed, step=step)
-  tasks = {k.split("/", 1)[0] for k in results}
-  if len(tasks) == 1:
-    task = tasks.pop()
-    scores = {k.split("/", 1)[1]: v for k, v in results.items()}
-  else:
-    scores = dict(results)
-  report.write_run_metrics(model_dir, task, method, seed, scores, step=step)
+  from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  tx = optimizer if optimizer is not None else optimizers.adafactor()
+  partitioner = partitioner or partitioning_lib.Partitioner.create()
+  initial_checkpoint_path = _absolute_checkpoint(initial_checkpoint_path)
+  run_meta = _run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seed)
+  # 1. Check all that is cheap to check; model_dir does not change until this passes.
+  _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg)
+  _check_base_checkpoint(model, initial_checkpoint_path)
+  latest, resume_meta = _check_model_dir(model_dir, run_meta)
+  # 2. Now the run may change model_dir: config, and what killed writers left behind.
+  ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep, writer=True)
+  _prepare_model_dir(ckpt, model_dir, gin_config)
+  state, shardings, frozen, frozen_sh = _init_state(model, tx, trainable, partitioner,
+                                                    initial_checkpoint_path, seed)
+  stopper = EarlyStopping.from_config(eval_cfg)
+  if latest is not None:
+    state = _resume(ckpt, model_dir, latest, state, shardings, stopper.restore_meta(resume_meta),
+                    checkpoint_cfg, knows_best="best" in resume_meta, verbose=verbose)
+  else:  # No committed checkpoint: exports and best/ steps are a killed first try's; redone.
+    ckpt.prune_best([])
+    checkpointing.remove_numpy_after(model_dir, -1)
+  _write_run_json(model_dir, run_meta, state.trainable, frozen)
+  start_step = step = int(state.step)
+  run = _Run(model_dir=model_dir, ckpt=ckpt, checkpoint_cfg=checkpoint_cfg, run_meta=run_meta,
+             state=state, shardings=shardings, frozen=frozen, frozen_shardings=frozen_sh,
+             step_fn=make_state_step(model, tx, num_microbatches), partitioner=partitioner,
+             stopper=stopper, evaluator=_evaluator(model, train_dataset_cfg, eval_cfg, partitioner,
+                                                   model_dir),
+             last_good=(step, ckpt.path(step)) if latest is not None else None, verbose=verbose)
+  # 3. Data, then the loop.
+  data_iter = _train_data(data_lib, model, train_dataset_cfg, partitioner, start_step)
+  end_step = min(train_steps, start_step + stop_after_steps) if stop_after_steps else train_steps
+  summaries = progress.Summaries(str(epath.Path(model_dir) / "train"))
+  prog = progress.Progress(train_steps, start_step, log_every)
+  rng = jax.random.PRNGKey(seed)
+  try:
+    with partitioner:
+      while step < end_step and not stopper.should_stop:  # a rerun of a run that stopped early
+        metrics = run.train_step(model_batch(next(data_iter), model),
+                                 train_dataset_cfg.batch_size, rng, step + 1)
+        step += 1
+        if prog.should_log(step) or step == end_step:
+          run.log(step, metrics, prog, summaries)
+        # Evaluate before saving, so the step's checkpoint meta holds its evaluation
+        # (also at a stop_after_steps end: the resumed run will not come back to it).
+        if run.evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0 and step < train_steps:
+          run.evaluate(step)
+        if stopper.should_stop:
+          _say(verbose, f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
+               f"in {eval_cfg.early_stopping_patience} evaluations.")
+          break  # saved below
+        if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
+          run.save(step)
+      if run.evaluator is not None and (step == train_steps or stopper.should_stop) and not stopper.evaluated(step):
+        run.evaluate(step)
+      if step > start_step or latest is None:
+        run.save(step)
+  finally:  # also on a divergence or an error: flush summaries, release orbax
+    summaries.close()
+    ckpt.close()
+  method = method or ("prompt_tuning" if trainable == "prompt" else "model_tuning")
+  _write_final(metrics_writers, model, model_dir, train_dataset_cfg, method, seed, stopper)
+  return TrainResult(model_dir=str(model_dir), step=step,
+                     final_loss=run.losses[-1][1] if run.losses else float("nan"),
+                     losses=run.losses, eval_history=[(s, dict(r)) for s, r in stopper.history],
+                     best=stopper.best, steps_per_sec=(step - start_step) / max(prog.elapsed, 1e-9),
+                     stopped_early=stopper.should_stop)
+
+
+def _say(verbose: bool, message: str) -> None:
+  if verbose and jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _run_meta(model: EncoderDecoderModel, cfg: Any, trainable: Union[str, Sequence[str]],
+              initial_checkpoint_path: Optional[str], seed: int) -> dict:
+  """The run facts every checkpoint meta and run.json record (and a resume must match)."""
+  abstract_tr, _ = trainable_lib.split(
+      jax.eval_shape(model.init_params, jax.random.PRNGKey(0)), trainable)
+  return {
+      # Absolute, so eval, export and the library find the base from any directory.
+      "base_checkpoint": initial_checkpoint_path,
+      "model_config": model.config.to_dict(),
+      "prompt_length": model.prompt_length,
+      "trainable": list(trainable_lib.resolve(trainable)),
+      "trainable_shapes": trainable_shapes(abstract_tr),
+      "task": cfg.mixture_or_task_name,
+      "task_feature_lengths": dict(cfg.task_feature_lengths),
+      "batch_size": cfg.batch_size,
+      "seed": seed,
+  }
+
+
+def _check_model_dir(model_dir: str, run_meta: Mapping[str, Any]
+                     ) -> tuple[Optional[int], Optional[dict]]:
+  """(latest committed step, its meta), after checking model_dir is writable and resumable."""
+  if jax.process_index() == 0:
+    checkpointing.check_writable(model_dir)
+  reader = checkpointing.RunCheckpointer(model_dir)
+  try:
+    latest = reader.latest_step()
+    resume_meta = reader.read_meta(latest) if latest is not None else None
+  finally:
+    reader.close()
+  if resume_meta is not None:
+    check_resume(resume_meta, run_meta, model_dir, latest)
+  return latest, resume_meta
+
+
+def _prepare_model_dir(ckpt: checkpointing.RunCheckpointer, model_dir: str,
+                       gin_config: Optional[str]) -> None:
+  """Writes config.gin and sets aside what killed writers left behind (process 0)."""
+  if jax.process_index() != 0:
+    return
+  if gin_config:
+    checkpointing.write_text_atomic(epath.Path(model_dir) / "config.gin", gin_config)
+  for path in ckpt.set_aside_incomplete() + checkpointing.remove_stale_exports(model_dir):
+    logger.warning("Set aside or removed %s, left by an interrupted save.", path)
+
+
+def _init_state(model: EncoderDecoderModel, tx: optax.GradientTransformation,
+                trainable: Union[str, Sequence[str]], partitioner: partitioning_lib.Partitioner,
+                initial_checkpoint_path: Optional[str], seed: int
+                ) -> tuple[TrainState, TrainState, Any, Any]:
+  """(state, its shardings, frozen params, their shardings), all on their devices."""
+  params = state_lib.initial_params(model, initial_checkpoint_path, seed)
+  tr, frozen = trainable_lib.split(params, trainable)
+  del params
+  axes = model.param_axes()
+  tr_axes, frozen_axes = trainable_lib.split(axes, trainable) if frozen else (axes, {})
+  frozen_sh = partitioner.logical_to_mesh(frozen_axes, frozen)
+  # Host values go straight to their shards: an XXL base never sits whole on one device.
+  frozen = partitioner.put(frozen, frozen_sh, in_place=True)
+  state, shardings = train_state_lib.create_state(partitioner, tx, tr, tr_axes)
+  return state, shardings, frozen, frozen_sh
+
+
+def _resume(ckpt: checkpointing.RunCheckpointer, model_dir: str, step: int, fresh: TrainState,
+            shardings: TrainState, stopper: EarlyStopping, checkpoint_cfg: CheckpointConfig,
+            knows_best: bool, verbose: bool) -> TrainState:
+  """The state of checkpoint `step`, with this run's hyperparameters; heals model_dir."""
+  restored, _ = ckpt.restore(fresh, step=step)
+  state = jax.device_put(restored.replace(
+      opt_state=with_configured_hyperparams(restored.opt_state, fresh.opt_state)), shardings)
+  _heal_resumed_run(ckpt, model_dir, step, state, fresh, stopper, checkpoint_cfg, knows_best)
+  _say(verbose, f"Resuming {model_dir} from step {int(state.step)}.")
+  return state
+
+
+def _write_run_json(model_dir: str, run_meta: Mapping[str, Any], trainable: Any,
+                    frozen: Any) -> None:
+  if jax.process_index() == 0:
+    checkpointing.write_json_atomic(epath.Path(model_dir) / "run.json", dict(
+        run_meta, trainable_params=trainable_lib.paths(trainable),
+        num_trainable=trainable_lib.count(trainable), num_frozen=trainable_lib.count(frozen)))
+
+
+def _evaluator(model: EncoderDecoderModel, cfg: Any, eval_cfg: Optional[EvalConfig],
+               partitioner: partitioning_lib.Partitioner, model_dir: str) -> Any:
+  if eval_cfg is None:
+    return None
+  from spot.train import evaluation  # pylint: disable=g-import-not-at-top  (SeqIO)
+  return evaluation.Evaluator(model, cfg, eval_cfg, partitioner, model_dir=model_dir)
+
+
+def _train_data(data_lib: Any, model: EncoderDecoderModel, cfg: Any,
+                partitioner: partitioning_lib.Partitioner, start_step: int) -> Iterator[dict]:
+  """This host's batches from `start_step` on (data order is a function of seed and step)."""
+  converter = data_lib.PromptFeatureConverter(model.prompt_length,
+                                               prompt_features=model.prompt_input_names)
+  # Hosts of one model-parallel group read the same shard (T5X's DataLayout).
+  layout = partitioner.data_layout(cfg.batch_size)
+  ds = data_lib.get_dataset(cfg, converter, shard_index=layout.shard_id,
+                            num_shards=layout.num_shards, skip_batches=start_step,
+                            prompt_features=tuple(model.prompt_input_names))
+  return data_lib.iterate(ds, cfg.mixture_or_task_name)
+
+
+def _write_final(writers: Sequence[MetricsWriter], model: EncoderDecoderModel, model_dir: str,
+                 cfg: Any, method: str, seed: int, stopper: EarlyStopping) -> None:
+  """Hands the best (else last) evaluation to each writer, on process 0."""
+  if not writers or not stopper.history or jax.process_index() != 0:
+    return
+  from spot.models import size_name  # pylint: disable=g-import-not-at-top
+  step, results = stopper.final()
+  summary = RunSummary(model_dir=str(model_dir), task=cfg.mixture_or_task_name, method=method,
+                       seed=seed, step=step, results=results, model_size=size_name(model.config),
+                       prompt_length=model.prompt_length or None)
+  for write in writers:
+    write(summary)
 
 
 @dataclasses.dataclass
@@ -410,249 +636,6 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
           "trainable selection, or a new MODEL_DIR.")
 
 
-def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConfig,
-          model_dir: str, train_steps: int, initial_checkpoint_path: Optional[str],
-          optimizer: Optional[optax.GradientTransformation] = None,
-          trainable: Union[str, Sequence[str]] = "prompt", seed: int = 0,
-          num_microbatches: int = 1,
-          checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
-          eval_cfg: Optional[EvalConfig] = None, log_every: int = 10,
-          partitioner: Optional[partitioning_lib.Partitioner] = None,
-          stop_after_steps: Optional[int] = None, gin_config: Optional[str] = None,
-          method: Optional[str] = None, verbose: bool = True) -> TrainResult:
-  """Trains `trainable` parameters of `model` on a SeqIO task; resumes if possible.
-
-  Args:
-    model: the model (with a prompt for prompt tuning).
-    train_dataset_cfg: the SeqIO task/mixture, feature lengths, batch size.
-    model_dir: where checkpoints, summaries and the config go (local or gs://).
-    train_steps: the step to stop at (absolute, as in T5X).
-    initial_checkpoint_path: T5X checkpoint of the frozen base ("random" for tests).
-    optimizer: an optax transformation; default Adafactor with the
-      prompt-tuning paper's settings (lr 0.3 constant).
-    trainable: "prompt" (default), "all" (model tuning) or regex(es) over
-      '/'-joined parameter paths.
-    seed: fixes data order, dropout and prompt initialisation.
-    num_microbatches: gradient accumulation steps per update.
-    checkpoint_cfg / eval_cfg: saving and evaluation.
-    log_every: steps between progress lines and summaries.
-    partitioner: mesh and rules; default: all devices on the 'data' axis.
-    stop_after_steps: leave after this many steps in this invocation (for
-      tests of resumption), without the final evaluation.
-    gin_config: the operative gin config text, saved as model_dir/config.gin
-      (atomically, and only once the run's settings have been checked).
-    method: the label `spot report` groups runs by (e.g. "spot_glue"); default
-      "prompt_tuning" or "model_tuning" from `trainable`. After the final
-      evaluation the run writes `metrics.json` (see spot.report) with the best
-      evaluation (the last one without best_metric).
-
-  Raises:
-    UsageError: a setting that cannot work (task, batch split, resume with
-      another base checkpoint or prompt shape), before model_dir changes.
-    SystemResourceError: model_dir is not writable, before any compute.
-    DivergedError: a non-finite step (nothing non-finite is ever saved).
-  """
-  from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  tx = optimizer if optimizer is not None else optimizers.adafactor()
-  partitioner = partitioner or partitioning_lib.Partitioner.create()
-  method = method or ("prompt_tuning" if trainable == "prompt" else "model_tuning")
-  mdir = epath.Path(model_dir)
-  abstract_tr, _ = trainable_lib.split(
-      jax.eval_shape(model.init_params, jax.random.PRNGKey(0)), trainable)
-  # Recorded as an absolute path, so eval, export and the library find the base
-  # from any working directory (users type relative local paths).
-  initial_checkpoint_path = _absolute_checkpoint(initial_checkpoint_path)
-  run_meta = {
-      "base_checkpoint": initial_checkpoint_path,
-      "model_config": model.config.to_dict(),
-      "prompt_length": model.prompt_length,
-      "trainable": list(trainable_lib.resolve(trainable)),
-      "trainable_shapes": trainable_shapes(abstract_tr),
-      "task": train_dataset_cfg.mixture_or_task_name,
-      "task_feature_lengths": dict(train_dataset_cfg.task_feature_lengths),
-      "batch_size": train_dataset_cfg.batch_size,
-      "seed": seed,
-  }
-
-  # 1. Check all that is cheap to check; model_dir does not change until this passes.
-  _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg)
-  _check_base_checkpoint(model, initial_checkpoint_path)
-  if jax.process_index() == 0:
-    checkpointing.check_writable(model_dir)
-  reader = checkpointing.RunCheckpointer(model_dir)
-  try:
-    latest = reader.latest_step()
-    resume_meta = reader.read_meta(latest) if latest is not None else None
-  finally:
-    reader.close()
-  if resume_meta is not None:
-    check_resume(resume_meta, run_meta, model_dir, latest)
-
-  # 2. Now the run may change model_dir: config, and what killed writers left behind.
-  ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep, writer=True)
-  if jax.process_index() == 0:
-    if gin_config:
-      checkpointing.write_text_atomic(mdir / "config.gin", gin_config)
-    for path in ckpt.set_aside_incomplete() + checkpointing.remove_stale_exports(model_dir):
-      logger.warning("Set aside or removed %s, left by an interrupted save.", path)
-
-  params = state_lib.initial_params(model, initial_checkpoint_path, seed)
-  tr, frozen = trainable_lib.split(params, trainable)
-  del params
-
-  axes = model.param_axes()
-  tr_axes, frozen_axes = trainable_lib.split(axes, trainable) if frozen else (axes, {})
-  tr_sh = partitioner.logical_to_mesh(tr_axes, tr)
-  fr_sh = partitioner.logical_to_mesh(frozen_axes, frozen)
-  # Host values go straight to their shards: an XXL base never sits whole on one device.
-  tr = jax.device_put(tr, tr_sh)
-  frozen = partitioner.put(frozen, fr_sh, in_place=True)
-
-  opt_shapes = jax.eval_shape(tx.init, tr)
-  opt_sh = partitioner.optimizer_state_shardings(opt_shapes, tr_sh, tr)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(tr)
-
-  start_step = 0
-  evals = EvalState()
-  last_good: Optional[tuple[int, str]] = None
-  if latest is not None:
-    abstract = {"trainable": tr, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
-    restored, _ = ckpt.restore(abstract, step=latest)
-    tr = jax.device_put(restored["trainable"], tr_sh)
-    opt_state = jax.device_put(with_configured_hyperparams(restored["opt_state"], opt_state),
-                               opt_sh)
-    start_step = int(restored["step"])
-    evals = EvalState.from_meta(resume_meta)
-    last_good = (start_step, ckpt.path(start_step))
-    _heal_resumed_run(ckpt, model_dir, start_step, tr, abstract, evals, checkpoint_cfg,
-                      knows_best="best" in resume_meta)
-    if verbose and jax.process_index() == 0:
-      print(f"Resuming {model_dir} from step {start_step}.", flush=True)
-  else:
-    # No committed checkpoint: exports and best/ steps are a killed first try's; redone.
-    ckpt.prune_best([])
-    checkpointing.remove_numpy_after(model_dir, -1)
-  if jax.process_index() == 0:
-    checkpointing.write_json_atomic(mdir / "run.json", dict(
-        run_meta, trainable_params=trainable_lib.paths(tr),
-        num_trainable=trainable_lib.count(tr), num_frozen=trainable_lib.count(frozen)))
-
-  step_fn = make_train_step(model, tx, num_microbatches)
-  rep = partitioner.replicated
-  converter = data_lib.PromptFeatureConverter(model.prompt_length,
-                                               prompt_features=model.prompt_input_names)
-  # Hosts of one model-parallel group read the same shard (T5X's DataLayout).
-  layout = partitioner.data_layout(train_dataset_cfg.batch_size)
-  ds = data_lib.get_dataset(train_dataset_cfg, converter,
-                            shard_index=layout.shard_id, num_shards=layout.num_shards,
-                            skip_batches=start_step,
-                            prompt_features=tuple(model.prompt_input_names))
-  evaluator = None
-  if eval_cfg is not None:
-    from spot.train import evaluation
-    evaluator = evaluation.Evaluator(model, train_dataset_cfg, eval_cfg, partitioner,
-                                     model_dir=model_dir)
-
-  summaries = progress.Summaries(str(mdir / "train"))
-  prog = progress.Progress(train_steps, start_step, log_every)
-  base_rng = jax.random.PRNGKey(seed)
-  end_step = train_steps if stop_after_steps is None else min(train_steps,
-                                                               start_step + stop_after_steps)
-  guard = FiniteGuard(lambda at: diverged_message(at, model_dir, _learning_rate(opt_state),
-                                                  last_good))
-  losses: list[tuple[int, float]] = []
-  stopped_early = _patience_spent(evals, eval_cfg)  # a rerun of a run that stopped early
-  jitted = None
-  step = start_step
-
-  def save(at_step: int, best_ckpt: bool = False):
-    """numpy export first, then the orbax commit: a committed step always has its export."""
-    nonlocal last_good
-    guard.check()  # never save a non-finite state
-    state = {"trainable": tr, "opt_state": opt_state, "step": jnp.asarray(at_step, jnp.int32)}
-    meta = dict(run_meta, step=at_step, data_batches_consumed=at_step, **evals.to_meta())
-    if checkpoint_cfg.save_numpy:
-      checkpointing.save_prompt_numpy(model_dir, at_step, tr)
-    ckpt.save(at_step, state, meta, best=best_ckpt)
-    if not best_ckpt:
-      last_good = (at_step, ckpt.path(at_step))
-      # Older best/ steps go only once a checkpoint's meta names the new best.
-      ckpt.prune_best([evals.best[0]] if evals.best else [])
-
-  def run_eval(at_step: int):
-    nonlocal evals, stopped_early
-    guard.check()
-    raw = evaluator.evaluate(trainable_lib.merge(tr, frozen), at_step)
-    results = finite_results(raw, at_step)
-    evals = record_eval(evals, at_step, results, eval_cfg.best_metric, eval_cfg.mode)
-    if evals.best is not None and evals.best[0] == at_step:
-      save(at_step, best_ckpt=True)
-    stopped_early = _patience_spent(evals, eval_cfg)
-    if jax.process_index() == 0:
-      print(f"eval step {at_step}: {progress.format_metrics(results)}", flush=True)
-
-  try:
-    with partitioner:
-      data_iter = data_lib.iterate(ds, train_dataset_cfg.mixture_or_task_name)
-      while step < end_step and not stopped_early:
-        batch = next(data_iter)
-        batch = {k: v for k, v in batch.items() if k in (
-            "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-            "decoder_loss_weights", *model.prompt_input_names)}
-        gbatch = partitioner.shard_batch(batch, train_dataset_cfg.batch_size)
-        if jitted is None:
-          jitted = jax.jit(step_fn,
-                           in_shardings=(tr_sh, opt_sh, fr_sh, partitioner.batch_shardings(batch),
-                                         rep, rep),
-                           out_shardings=(tr_sh, opt_sh, rep), donate_argnums=(0, 1))
-        tr, opt_state, metrics = jitted(tr, opt_state, frozen, gbatch,
-                                        jnp.asarray(step, jnp.int32), base_rng)
-        step += 1
-        guard.push(step, metrics["finite"])
-        if prog.should_log(step) or step == end_step:
-          guard.check()
-          scalars = _train_scalars(jax.device_get(metrics), _learning_rate(opt_state))
-          losses.append((step, scalars["loss"]))
-          if verbose:
-            prog.log(step, scalars)
-          summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
-                                       **{"train/steps_per_sec": prog.steps_per_sec}))
-        # Evaluate before saving, so the step's checkpoint meta holds its evaluation
-        # (also at a stop_after_steps end: the resumed run will not come back to it).
-        if (evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0
-            and step < train_steps):
-          run_eval(step)
-        if stopped_early:
-          if verbose and jax.process_index() == 0:
-            print(f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
-                  f"in {eval_cfg.early_stopping_patience} evaluations.", flush=True)
-          break  # saved below
-        if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
-          save(step)
-      if (evaluator is not None and (step == train_steps or stopped_early)
-          and not evals.evaluated(step)):
-        run_eval(step)
-      if step > start_step or latest is None:
-        save(step)
-  finally:  # also on a divergence or an error: flush summaries, release orbax
-    summaries.close()
-    ckpt.close()
-  if evals.history and jax.process_index() == 0:
-    _write_final_metrics(model, model_dir, train_dataset_cfg.mixture_or_task_name, evals,
-                         method, seed)
-  final_loss = losses[-1][1] if losses else float("nan")
-  return TrainResult(model_dir=str(model_dir), step=step, final_loss=final_loss, losses=losses,
-                     eval_history=[(s, dict(r)) for s, r in evals.history], best=evals.best,
-                     steps_per_sec=(step - start_step) / max(prog.elapsed, 1e-9),
-                     stopped_early=stopped_early)
-
-
-def _patience_spent(evals: EvalState, eval_cfg: Optional[EvalConfig]) -> bool:
-  """Whether early stopping ends the run: EARLY_STOPPING_PATIENCE evaluations without gain."""
-  patience = eval_cfg and eval_cfg.best_metric and eval_cfg.early_stopping_patience
-  return bool(patience and evals.bad_evals >= patience)
-
-
 def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict[str, float]:
   """Per-token loss and accuracy, grad norm and learning rate of one step's host metrics."""
   tokens = max(float(m["num_tokens"]), 1.0)
@@ -663,8 +646,9 @@ def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict
   return scalars
 
 
+
 def _heal_resumed_run(ckpt: checkpointing.RunCheckpointer, model_dir: str, step: int,
-                      trainable: Any, abstract: Mapping[str, Any], evals: EvalState,
+                      state: TrainState, abstract: TrainState, stopper: EarlyStopping,
                       checkpoint_cfg: CheckpointConfig, knows_best: bool = True) -> None:
   """Makes a resumed model_dir look as it did when checkpoint `step` was committed.
 
@@ -673,15 +657,15 @@ def _heal_resumed_run(ckpt: checkpointing.RunCheckpointer, model_dir: str, step:
   written again, from the restored state or from best/. A checkpoint from before
   the meta held the best step (`knows_best` False) leaves best/ as it is.
   """
-  best_step = evals.best[0] if evals.best else None
+  best_step = stopper.best_step
   if knows_best:
     ckpt.prune_best([best_step] if best_step is not None else [])
   checkpointing.remove_numpy_after(model_dir, step)
   if not checkpoint_cfg.save_numpy:
     return
-  if not checkpointing.has_prompt_numpy(model_dir, step, trainable):
-    checkpointing.save_prompt_numpy(model_dir, step, trainable)
+  if not checkpointing.has_prompt_numpy(model_dir, step, state.trainable):
+    checkpointing.save_prompt_numpy(model_dir, step, state.trainable)
   if (best_step is not None and best_step in ckpt.best_steps()
-      and not checkpointing.has_prompt_numpy(model_dir, best_step, trainable)):
+      and not checkpointing.has_prompt_numpy(model_dir, best_step, state.trainable)):
     best_state, _ = ckpt.restore(abstract, step=best_step, best=True)
-    checkpointing.save_prompt_numpy(model_dir, best_step, best_state["trainable"])
+    checkpointing.save_prompt_numpy(model_dir, best_step, best_state.trainable)

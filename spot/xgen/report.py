@@ -350,3 +350,25 @@ def write_report(runs: Sequence[Run], out_dir: PathLike) -> dict[str, epath.Path
   spot_io.write_text_atomic(paths["csv"], to_csv(runs))
   plot(runs, paths["plot"])
   return paths
+
+
+def write_xgen_scores(summary: Any) -> Optional[epath.Path]:
+  """`xgen_scores.json` for `spot xgen report`, when the summary's results hold xGen metrics.
+
+  `summary` is a `spot.train.config.RunSummary` (results keyed "task/metric");
+  runs whose tasks report no xGen metrics write nothing. Returns the path or None.
+  """
+  by_task: dict[str, dict] = {}
+  for key, value in summary.results.items():
+    task, _, metric = key.partition("/")
+    if value is not None:
+      by_task.setdefault(task, {})[metric] = value
+  scores = scores_by_language(by_task)
+  if not scores:
+    return None
+  meta = {"seed": summary.seed}
+  if summary.step is not None:
+    meta["step"] = summary.step
+  return write_run_scores(summary.model_dir, scores, size=summary.model_size,
+                          method=summary.method, prompt_length=summary.prompt_length or None,
+                          **meta)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from spot import report_writers
 from spot.train import checkpointing, evaluation, trainer
 
 from tests.train import helpers
@@ -21,6 +22,8 @@ STEPS = 12
 # score per eval step (mode max, patience 3): best at 4; 6 (NaN), 8, 10 do not improve,
 # so the run stops early at 10. A resume that forgot the best would pick 8.
 SCORES = {2: 0.5, 4: 0.9, 6: float("nan"), 8: 0.3, 10: 0.2, 12: 0.1}
+# What `spot train` binds: metrics.json (and xgen_scores.json for xGen tasks).
+WRITERS = report_writers.DEFAULT_WRITERS
 EVAL = trainer.EvalConfig(period=2, num_examples=4, batch_size=4, best_metric="score",
                           mode="max", early_stopping_patience=3)
 
@@ -48,7 +51,8 @@ def scripted_scores(monkeypatch):
 
 def _train(model_dir, task, **kwargs):
   kwargs.setdefault("checkpoint_cfg", trainer.CheckpointConfig(period=4, keep=1))
-  return helpers.quick_train(model_dir, task, train_steps=STEPS, eval_cfg=EVAL, **kwargs)
+  return helpers.quick_train(model_dir, task, train_steps=STEPS, eval_cfg=EVAL,
+                             metrics_writers=WRITERS, **kwargs)
 
 
 def _outcome(model_dir, result):
@@ -168,7 +172,8 @@ def test_nan_metric_is_null_everywhere(task, tmp_path, monkeypatch, capsys, capl
       f"resume_tiny/{k}": v for k, v in values[step].items()})
   cfg = trainer.EvalConfig(period=2, num_examples=4, batch_size=4, best_metric="pearson")
   with caplog.at_level(logging.WARNING):
-    result = helpers.quick_train(tmp_path, task, train_steps=6, eval_cfg=cfg)
+    result = helpers.quick_train(tmp_path, task, train_steps=6, eval_cfg=cfg,
+                                  metrics_writers=WRITERS)
   assert result.best == (4, 0.25)
   assert result.eval_history[0][1] == {"resume_tiny/pearson": None, "resume_tiny/accuracy": 50.0}
   metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -190,7 +195,8 @@ def test_all_nan_best_metric_never_wins(task, tmp_path, monkeypatch):
                       lambda self, params, step: {"resume_tiny/score": float("nan")})
   cfg = trainer.EvalConfig(period=2, num_examples=4, batch_size=4, best_metric="score",
                            early_stopping_patience=2)
-  result = helpers.quick_train(tmp_path, task, train_steps=8, eval_cfg=cfg)
+  result = helpers.quick_train(tmp_path, task, train_steps=8, eval_cfg=cfg,
+                                metrics_writers=WRITERS)
   assert result.best is None
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert metrics["scores"] == {"score": None} and metrics["step"] == 4  # the last eval

@@ -1,0 +1,74 @@
+"""Settings of a run that the trainer, `evaluate` and the gin run files share.
+
+A module of plain frozen dataclasses, imported by the trainer and by the
+stand-alone evaluation alike, so neither imports the other for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """How often to save, how many to keep, and whether to export prompts as numpy."""
+
+  period: int = 1000
+  keep: int = 1
+  save_numpy: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Periodic evaluation with the tasks' SeqIO metrics.
+
+  Attributes:
+    period: evaluate every `period` steps (0: only after the last step).
+    tasks: tasks to evaluate; default: the training task or mixture's tasks.
+    split / num_examples / batch_size / task_feature_lengths: the eval data
+      (lengths default to the training ones).
+    best_metric: "task/metric" (or just "metric" when there is one task) whose
+      best value is kept in `model_dir/best`.
+    mode: "max" or "min" for best_metric.
+    early_stopping_patience: stop after this many evaluations without
+      improvement of best_metric (None: never).
+    decode: keyword arguments of `spot.train.inference.predict_batch`
+      (method, num_decodes, alpha, temperature, topk, topp).
+  """
+
+  period: int = 0
+  tasks: Optional[Sequence[str]] = None
+  split: str = "validation"
+  num_examples: Optional[int] = None
+  batch_size: int = 32
+  task_feature_lengths: Optional[Mapping[str, int]] = None
+  best_metric: Optional[str] = None
+  mode: str = "max"
+  early_stopping_patience: Optional[int] = None
+  decode: Optional[Mapping[str, Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+  """What a finished evaluation hands to the writers of final metrics (`spot.report`, xGen).
+
+  Attributes:
+    model_dir: the run's (or eval's output) directory, where writers write.
+    task: the trained task or mixture (or the evaluated one).
+    method: the label reports group runs by ("prompt_tuning", "spot_glue", "pt").
+    seed: the run's seed.
+    step: the step whose evaluation `results` holds (None for a stand-alone eval).
+    results: {"task/metric": value or None}: the best evaluation, else the last.
+    model_size: the model size name ("small", "base", ...).
+    prompt_length: the prompt length, None without a prompt.
+  """
+
+  model_dir: str
+  task: str
+  method: str
+  seed: int
+  step: Optional[int]
+  results: Mapping[str, Optional[float]]
+  model_size: str
+  prompt_length: Optional[int] = None
