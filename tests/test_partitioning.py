@@ -113,7 +113,7 @@ def test_optimizer_state_specs_adam_multisteps_and_injected_hyperparams():
   from spot import partitioning as pl
   from spot.train import optimizers
   params, specs, shapes = _adafactor_params()
-  tx = optimizers.with_accumulation(optimizers.adam(1e-3, grad_clip_norm=1.0), 2)
+  tx = optax.MultiSteps(optimizers.adam(1e-3, grad_clip_norm=1.0), every_k_schedule=2)
   state = jax.eval_shape(tx.init, params)
   out = pl.optimizer_state_specs(state, specs, shapes)
   flat = dict(zip([jax.tree_util.keystr(p) for p, _ in

@@ -32,8 +32,7 @@ MODES = {
 GIN_ROOT = pathlib.Path(__file__).resolve().parents[1] / "gin"
 
 
-class ConfigError(errors.UsageError):
-  """A gin configuration that cannot run; the message names the key and the fix."""
+ConfigError = errors.ConfigError  # the name this module's callers and tests use
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -206,6 +205,22 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     raise ConfigError(f"Bad gin configuration: {errors.one_line(str(e))}") from e
 
 
+def check_required() -> None:
+  """Refuses a parsed config whose macros are still `%gin.REQUIRED`, naming each and the flag.
+
+  gin would only notice when the run function is called; checking here keeps
+  the error a configuration error, found where the configuration is read.
+  """
+  import gin
+  config = getattr(gin.config, "_CONFIG", {})
+  missing = sorted(scope for (scope, selector), params in config.items()
+                   if selector == "gin.macro" and params.get("value") is gin.config.REQUIRED)
+  if missing:
+    flags = " ".join(f"--gin.{name}=VALUE" for name in missing)
+    raise ConfigError(f"Required gin macros are not set: {', '.join(missing)}; set them "
+                      f"({flags}) or in a --gin_file.")
+
+
 def macro(name: str, default: Any = _UNSET) -> Any:
   """The value of a gin macro of the parsed config (`default` if it is not defined)."""
   import gin
@@ -303,6 +318,7 @@ def run_with_flags(flags: Sequence[str], extra_files: Sequence[str] = (),
     parse_gin(list(args.gin_file) + list(extra_files),
               list(args.gin_bindings) + list(extra_bindings),
               _search_paths(args.gin_search_paths))
+    check_required()
     return gin.get_configurable(fn)(gin_config=gin.config_str(), **kwargs)
   finally:
     gin.clear_config()
@@ -317,43 +333,30 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None, mode: str = "train", prog: str = "spot train"
          ) -> int:
-  import importlib
-
+  """Runs `spot train|eval|infer`; each typed error becomes one line and its exit code."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    args = build_parser(prog).parse_args(rewrite_gin_args(argv))
-    if args.tfds_data_dir:
-      import seqio
-      seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-    module_name, fn_name = MODES[mode]
-    module = importlib.import_module(module_name)
-    fn = getattr(module, fn_name)
-    parse_gin(args.gin_file, args.gin_bindings, _search_paths(args.gin_search_paths))
-    import gin
-    configured = gin.get_configurable(fn)
-    if args.print_config:
-      print(gin.config_str())
-      return 0
-  except ConfigError as e:
-    print(f"{prog}: {errors.one_line(str(e))}", file=sys.stderr)
-    return 2
+  return errors.run_cli(prog, lambda: _run(argv, mode, prog))
+
+
+def _run(argv: Sequence[str], mode: str, prog: str) -> int:
+  import gin
+  import importlib
+  args = build_parser(prog).parse_args(rewrite_gin_args(argv))
+  if args.tfds_data_dir:
+    import seqio
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  module_name, fn_name = MODES[mode]
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  parse_gin(args.gin_file, args.gin_bindings, _search_paths(args.gin_search_paths))
+  configured = gin.get_configurable(fn)
+  if args.print_config:
+    print(gin.config_str())
+    return 0
+  check_required()
   if args.multiprocess or args.coordinator_address:
     _init_distributed(args)
-  import gin
-  try:
-    preflight(mode)
-    configured(gin_config=gin.config_str())
-  except errors.SpotError as e:  # typed: one line and its exit code (spot.errors)
-    if errors.debug_enabled():
-      raise
-    print(f"{prog}: {errors.one_line(str(e))}", file=sys.stderr)
-    return e.exit_code
-  except ValueError as e:
-    msg = str(e)
-    if "gin.REQUIRED" in msg or "Required bindings" in msg or "MIXTURE_OR_TASK_NAME" in msg:
-      print(f"{prog}: {errors.one_line(msg)}", file=sys.stderr)
-      return 2
-    raise
+  preflight(mode)
+  configured(gin_config=gin.config_str())
   return 0
 
 

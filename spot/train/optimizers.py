@@ -3,7 +3,9 @@
 `adafactor` defaults to the prompt-tuning paper's settings (REFERENCE.md 2):
 learning rate 0.3 constant, decay_rate 0.8, no parameter scaling, update
 clipping 1.0, decoupled weight decay 1e-5, factored second moments for dims
->= 128. These functions are the gin-facing building blocks (`OPTIMIZER`).
+>= 128. These functions are the gin-facing building blocks (`OPTIMIZER`). Gradient
+accumulation is not an optimizer wrapper here: the train step accumulates
+micro-batches itself (`spot.train.trainer.make_train_step(num_microbatches=)`).
 """
 
 from __future__ import annotations
@@ -73,9 +75,3 @@ def sgd(learning_rate: Schedule = 0.1, momentum: Optional[float] = None
   return optax.inject_hyperparams(optax.sgd, static_args=("momentum",))(
       learning_rate=learning_rate, momentum=momentum)
 
-
-def with_accumulation(tx: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
-  """Accumulates gradients over `steps` micro-batches before each update."""
-  if steps <= 1:
-    return tx
-  return optax.MultiSteps(tx, every_k_schedule=steps)

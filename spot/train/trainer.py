@@ -242,13 +242,6 @@ def compile_eval_step(partitioner: partitioning_lib.Partitioner, model: EncoderD
       out_shardings=partitioner.replicated)
 
 
-def model_batch(batch: Mapping[str, Any], model: EncoderDecoderModel) -> dict:
-  """The features of a SeqIO batch that the model reads."""
-  keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-          "decoder_loss_weights", *model.prompt_input_names)
-  return {k: v for k, v in batch.items() if k in keys}
-
-
 MetricsWriter = Callable[[RunSummary], Any]
 
 
@@ -264,7 +257,7 @@ class _Run:
                state: TrainState, shardings: TrainState, frozen: Any, frozen_shardings: Any,
                step_fn: Any, partitioner: partitioning_lib.Partitioner,
                stopper: EarlyStopping, evaluator: Any, last_good: Optional[tuple[int, str]],
-               verbose: bool):
+               prog: progress.Progress, verbose: bool):
     self.model_dir, self.ckpt, self.checkpoint_cfg = model_dir, ckpt, checkpoint_cfg
     self.run_meta, self.state, self.shardings = run_meta, state, shardings
     self.frozen, self.frozen_shardings, self.partitioner = frozen, frozen_shardings, partitioner
@@ -273,6 +266,8 @@ class _Run:
     self.guard = FiniteGuard(lambda at: diverged_message(
         at, model_dir, _learning_rate(self.state.opt_state), self.last_good))
     self.losses: list[tuple[int, float]] = []
+    self.prog = prog
+    self.summaries = progress.Summaries(str(epath.Path(model_dir) / "train"))
 
   def train_step(self, batch: Mapping[str, Any], global_batch_size: int, rng: jax.Array,
                  step: int) -> dict:
@@ -285,15 +280,20 @@ class _Run:
     self.guard.push(step, metrics["finite"])
     return metrics
 
-  def log(self, step: int, metrics: Mapping[str, Any], prog: progress.Progress,
-          summaries: progress.Summaries) -> None:
+  def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """A progress line and TensorBoard scalars of the step's (host) metrics."""
     self.guard.check()
     scalars = _train_scalars(jax.device_get(metrics), _learning_rate(self.state.opt_state))
     self.losses.append((step, scalars["loss"]))
     if self.verbose:
-      prog.log(step, scalars)
-    summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
-                                 **{"train/steps_per_sec": prog.steps_per_sec}))
+      self.prog.log(step, scalars)
+    self.summaries.scalars(step, dict({f"train/{k}": v for k, v in scalars.items()},
+                                      **{"train/steps_per_sec": self.prog.steps_per_sec}))
+
+  def close(self) -> None:
+    """Flushes the summaries and releases orbax (also after a divergence or an error)."""
+    self.summaries.close()
+    self.ckpt.close()
 
   def save(self, step: int, best: bool = False) -> None:
     """numpy export first, then the orbax commit: a committed step always has its export."""
@@ -373,42 +373,38 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   _check_base_checkpoint(model, initial_checkpoint_path)
   latest, resume_meta = _check_model_dir(model_dir, run_meta)
   # 2. Now the run may change model_dir: config, and what killed writers left behind.
-  ckpt = checkpointing.RunCheckpointer(model_dir, keep=checkpoint_cfg.keep, writer=True)
-  _prepare_model_dir(ckpt, model_dir, gin_config)
+  ckpt = _open_model_dir(model_dir, checkpoint_cfg.keep, gin_config)
   state, shardings, frozen, frozen_sh = _init_state(model, tx, trainable, partitioner,
                                                     initial_checkpoint_path, seed)
   stopper = EarlyStopping.from_config(eval_cfg)
-  if latest is not None:
-    state = _resume(ckpt, model_dir, latest, state, shardings, stopper.restore_meta(resume_meta),
-                    checkpoint_cfg, knows_best="best" in resume_meta, verbose=verbose)
-  else:  # No committed checkpoint: exports and best/ steps are a killed first try's; redone.
-    ckpt.prune_best([])
-    checkpointing.remove_numpy_after(model_dir, -1)
+  state = _resume_or_start(ckpt, model_dir, latest, resume_meta, state, shardings, stopper,
+                           checkpoint_cfg, verbose)
   _write_run_json(model_dir, run_meta, state.trainable, frozen)
   start_step = step = int(state.step)
+  end_step = (train_steps if stop_after_steps is None
+              else min(train_steps, start_step + stop_after_steps))
   run = _Run(model_dir=model_dir, ckpt=ckpt, checkpoint_cfg=checkpoint_cfg, run_meta=run_meta,
              state=state, shardings=shardings, frozen=frozen, frozen_shardings=frozen_sh,
              step_fn=make_state_step(model, tx, num_microbatches), partitioner=partitioner,
              stopper=stopper, evaluator=_evaluator(model, train_dataset_cfg, eval_cfg, partitioner,
                                                    model_dir),
-             last_good=(step, ckpt.path(step)) if latest is not None else None, verbose=verbose)
-  # 3. Data, then the loop.
+             last_good=(step, ckpt.path(step)) if latest is not None else None,
+             prog=progress.Progress(train_steps, start_step, log_every), verbose=verbose)
+  # 3. Data, then the loop: data order and dropout are functions of (seed, step).
   data_iter = _train_data(data_lib, model, train_dataset_cfg, partitioner, start_step)
-  end_step = min(train_steps, start_step + stop_after_steps) if stop_after_steps else train_steps
-  summaries = progress.Summaries(str(epath.Path(model_dir) / "train"))
-  prog = progress.Progress(train_steps, start_step, log_every)
   rng = jax.random.PRNGKey(seed)
+  periodic_eval = bool(run.evaluator is not None and eval_cfg.period)
   try:
     with partitioner:
       while step < end_step and not stopper.should_stop:  # a rerun of a run that stopped early
-        metrics = run.train_step(model_batch(next(data_iter), model),
+        metrics = run.train_step(model.model_features(next(data_iter)),
                                  train_dataset_cfg.batch_size, rng, step + 1)
         step += 1
-        if prog.should_log(step) or step == end_step:
-          run.log(step, metrics, prog, summaries)
+        if run.prog.should_log(step) or step == end_step:
+          run.log(step, metrics)
         # Evaluate before saving, so the step's checkpoint meta holds its evaluation
         # (also at a stop_after_steps end: the resumed run will not come back to it).
-        if run.evaluator is not None and eval_cfg.period and step % eval_cfg.period == 0 and step < train_steps:
+        if periodic_eval and step % eval_cfg.period == 0 and step < train_steps:
           run.evaluate(step)
         if stopper.should_stop:
           _say(verbose, f"Early stopping at step {step}: no improvement of {eval_cfg.best_metric} "
@@ -416,21 +412,21 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
           break  # saved below
         if checkpoint_cfg.period and step % checkpoint_cfg.period == 0 and step < end_step:
           run.save(step)
-      if run.evaluator is not None and (step == train_steps or stopper.should_stop) and not stopper.evaluated(step):
+      if (run.evaluator is not None and (step == train_steps or stopper.should_stop)
+          and not stopper.evaluated(step)):
         run.evaluate(step)
       if step > start_step or latest is None:
         run.save(step)
-  finally:  # also on a divergence or an error: flush summaries, release orbax
-    summaries.close()
-    ckpt.close()
+  finally:
+    run.close()
   method = method or ("prompt_tuning" if trainable == "prompt" else "model_tuning")
   _write_final(metrics_writers, model, model_dir, train_dataset_cfg, method, seed, stopper)
   return TrainResult(model_dir=str(model_dir), step=step,
                      final_loss=run.losses[-1][1] if run.losses else float("nan"),
                      losses=run.losses, eval_history=[(s, dict(r)) for s, r in stopper.history],
-                     best=stopper.best, steps_per_sec=(step - start_step) / max(prog.elapsed, 1e-9),
+                     best=stopper.best,
+                     steps_per_sec=(step - start_step) / max(run.prog.elapsed, 1e-9),
                      stopped_early=stopper.should_stop)
-
 
 def _say(verbose: bool, message: str) -> None:
   if verbose and jax.process_index() == 0:
@@ -472,15 +468,17 @@ def _check_model_dir(model_dir: str, run_meta: Mapping[str, Any]
   return latest, resume_meta
 
 
-def _prepare_model_dir(ckpt: checkpointing.RunCheckpointer, model_dir: str,
-                       gin_config: Optional[str]) -> None:
-  """Writes config.gin and sets aside what killed writers left behind (process 0)."""
-  if jax.process_index() != 0:
-    return
-  if gin_config:
-    checkpointing.write_text_atomic(epath.Path(model_dir) / "config.gin", gin_config)
-  for path in ckpt.set_aside_incomplete() + checkpointing.remove_stale_exports(model_dir):
-    logger.warning("Set aside or removed %s, left by an interrupted save.", path)
+def _open_model_dir(model_dir: str, keep: int, gin_config: Optional[str]
+                    ) -> checkpointing.RunCheckpointer:
+  """The run's checkpoint writer, after writing config.gin and setting aside what killed
+  writers left behind (process 0)."""
+  ckpt = checkpointing.RunCheckpointer(model_dir, keep=keep, writer=True)
+  if jax.process_index() == 0:
+    if gin_config:
+      checkpointing.write_text_atomic(epath.Path(model_dir) / "config.gin", gin_config)
+    for path in ckpt.set_aside_incomplete() + checkpointing.remove_stale_exports(model_dir):
+      logger.warning("Set aside or removed %s, left by an interrupted save.", path)
+  return ckpt
 
 
 def _init_state(model: EncoderDecoderModel, tx: optax.GradientTransformation,
@@ -500,15 +498,25 @@ def _init_state(model: EncoderDecoderModel, tx: optax.GradientTransformation,
   return state, shardings, frozen, frozen_sh
 
 
-def _resume(ckpt: checkpointing.RunCheckpointer, model_dir: str, step: int, fresh: TrainState,
-            shardings: TrainState, stopper: EarlyStopping, checkpoint_cfg: CheckpointConfig,
-            knows_best: bool, verbose: bool) -> TrainState:
-  """The state of checkpoint `step`, with this run's hyperparameters; heals model_dir."""
-  restored, _ = ckpt.restore(fresh, step=step)
+def _resume_or_start(ckpt: checkpointing.RunCheckpointer, model_dir: str,
+                     latest: Optional[int], resume_meta: Optional[Mapping[str, Any]],
+                     fresh: TrainState, shardings: TrainState, stopper: EarlyStopping,
+                     checkpoint_cfg: CheckpointConfig, verbose: bool) -> TrainState:
+  """The state to train from: checkpoint `latest` (this run's hyperparameters), else `fresh`.
+
+  Either way model_dir is made to look as it did at that step (see `_heal_resumed_run`).
+  """
+  if latest is None:  # No committed checkpoint: exports and best/ are a killed first try's.
+    ckpt.prune_best([])
+    checkpointing.remove_numpy_after(model_dir, -1)
+    return fresh
+  stopper.restore_meta(resume_meta)
+  restored, _ = ckpt.restore(fresh, step=latest)
   state = jax.device_put(restored.replace(
       opt_state=with_configured_hyperparams(restored.opt_state, fresh.opt_state)), shardings)
-  _heal_resumed_run(ckpt, model_dir, step, state, fresh, stopper, checkpoint_cfg, knows_best)
-  _say(verbose, f"Resuming {model_dir} from step {int(state.step)}.")
+  _heal_resumed_run(ckpt, model_dir, latest, state, fresh, stopper, checkpoint_cfg,
+                    knows_best="best" in resume_meta)
+  _say(verbose, f"Resuming {model_dir} from step {latest}.")
   return state
 
 
