@@ -21,7 +21,7 @@ SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("spot.train.cli", "train a prompt (or a model) from gin files"),
     "eval": ("spot.train.cli", "evaluate a checkpoint on a task's SeqIO metrics"),
     "infer": ("spot.train.cli", "write predictions as JSONL"),
-    "library": ("spot.library.cli", "the prompt library: add, list, show, query, ..."),
+    "library": ("spot.workflows.cli", "the prompt library: add, list, show, query, ..."),
     "xgen": ("spot.xgen.cli", "xGen scoring (SP-ROUGE, LID, ASCII) and reports"),
     "report": ("spot.report", "turn finished runs into the papers' tables"),
     "demo": ("spot.demo", "the end-to-end demo on a tiny model, on CPU"),

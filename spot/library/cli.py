@@ -1,7 +1,8 @@
 """`spot library --library PATH <command>`: the prompt library from the shell.
 
-Commands: add, list, show, query, remove, export, import, heatmap, check, embed,
-transfer.
+Commands: add, list, show, query, remove, export, import, heatmap, check; the
+training commands embed and transfer are added by `spot.workflows.cli` (the
+library trains nothing).
 `--json` on any command prints machine-readable output: `list` a JSON list of
 entries (name, model, task, prompt_shape, ...), `query` a JSON list of
 {"name", "score"} best first. Errors print one line naming the fix and exit 1;
@@ -11,7 +12,6 @@ skipped corrupt entries are reported as warnings on stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import traceback
@@ -27,7 +27,6 @@ from spot.library.errors import LibraryError, ModelMismatchError, LibraryUsageEr
 from spot.library.store import PromptLibrary
 
 PROG = "spot library"
-MIXTURE_CAP = 2**19  # T5's examples-proportional limit (spot.tasks.mixtures.DEFAULT_CAP)
 _PROMPT_LENGTH_HELP = ("only entries whose prompt has N tokens (a weighted average needs "
                        "prompts of one length)")
 
@@ -46,7 +45,14 @@ def _positive(text: str) -> int:
   return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+Handler = Callable[[PromptLibrary, argparse.Namespace], Any]
+AddCommand = Callable[[str, str], argparse.ArgumentParser]
+
+
+def build_parser(add_commands: Sequence[Callable[[AddCommand], None]] = ()
+                 ) -> argparse.ArgumentParser:
+  """The `spot library` parser; each of `add_commands` may add subcommands via
+  `command(name, help) -> parser` (the training ones come from spot.workflows.cli)."""
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--library", default=argparse.SUPPRESS, metavar="PATH",
                       help="library root (local folder or gs://...)")
@@ -137,40 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   command("check", "verify every entry's files and checksums, clean what interrupted "
           "writers left in tmp/, rebuild a damaged index; exit 3 on entry problems")
+  for add in add_commands:
+    add(command)
 
-  p = command("embed", "compute a task embedding: train a prompt briefly from a fixed init, "
-              "then optionally rank the library against it")
-  p.add_argument("--steps", type=_positive, default=1000,
-                 help="training steps of the early checkpoint (default %(default)s)")
-  p.add_argument("--seed", type=int, default=0, help="the fixed seed shared by all embeddings")
-  p.add_argument("--out", metavar="FILE.npy", help="write the embedding here")
-  p.add_argument("--model-dir", metavar="DIR", help="keep the short run here")
-  p.add_argument("--query", action="store_true", help="also rank the library entries")
-  p.add_argument("--model", help="with --query: base model of the entries")
-  p.add_argument("--top-k", type=_positive, default=5, metavar="K")
-  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
-  p.add_argument("train_flags", nargs=argparse.REMAINDER, metavar="-- TRAIN_FLAGS",
-                 help="after --: spot train flags (--gin_file=..., --gin.KEY=VALUE)")
-
-  p = command("transfer", "train target prompt(s) from retrieved source prompts (SPoT "
-              "targeted): top1, weighted_average, best_of_top_k or mixture")
-  p.add_argument("--embedding", required=True, metavar="FILE.npy",
-                 help="the target task's embedding (spot library embed --out)")
-  p.add_argument("--mode", choices=("top1", "weighted_average", "best_of_top_k", "mixture"),
-                 default="top1")
-  p.add_argument("--out-dir", required=True, metavar="DIR", help="model_dirs go under DIR")
-  p.add_argument("--model", help="base model of the entries (default: the only one)")
-  p.add_argument("--top-k", type=_positive, default=3, metavar="K")
-  p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
-  p.add_argument("--prompt-length", type=_positive, metavar="N", help=_PROMPT_LENGTH_HELP)
-  p.add_argument("--mixture-cap", type=_positive, default=MIXTURE_CAP, metavar="K",
-                 help="mixture mode: examples-proportional rates min(train examples, K) "
-                 "(default %(default)s, T5's limit)")
-  p.add_argument("--best-metric", help="validation metric that picks checkpoints and, for "
-                 "best_of_top_k, the run (e.g. accuracy)")
-  p.add_argument("--target-task", help="the target's SeqIO task (mixture mode)")
-  p.add_argument("train_flags", nargs=argparse.REMAINDER, metavar="-- TRAIN_FLAGS",
-                 help="after --: spot train flags of the target run")
   return parser
 
 
@@ -352,64 +327,9 @@ def _check(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   return payload, "\n".join(lines), errors.EXIT_DATA if problems else 0
 
 
-def _embed(lib: PromptLibrary, args: argparse.Namespace) -> Any:
-  from spot.library import embedding  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
-  flags = [f for f in args.train_flags if f != "--"]
-  if not flags:
-    raise LibraryUsageError("embed needs spot train flags after --, e.g. -- "
-                       "--gin_file=spot/gin/models/t5_1_1_base_prompt.gin "
-                       "--gin_file=spot/gin/runs/prompt_finetune.gin "
-                       "--gin.MIXTURE_OR_TASK_NAME=... --gin.INITIAL_CHECKPOINT_PATH=...")
-  if not (args.out or args.query):
-    raise LibraryUsageError("embed writes nothing without --out FILE.npy or --query.")
-  emb = embedding.compute_task_embedding(flags, args.steps, args.model_dir, args.seed)
-  payload: dict[str, Any] = {"shape": list(emb.shape), "steps": args.steps}
-  lines = [f"task embedding {_shape(emb.shape)} after {args.steps} steps"]
-  if args.out:
-    fs.write_bytes(fs.path(args.out), encode_array(emb), local=fs.is_local(args.out))
-    payload["out"] = args.out
-    lines.append(f"wrote {args.out}")
-  if args.query:
-    ranked = retrieval.rank(lib, emb, model=args.model, metric=args.metric, top_k=args.top_k)
-    payload["ranking"] = [{"name": n, "score": s} for n, s in ranked]
-    lines.append(_table(("RANK", "SCORE", "NAME"),
-                        [(i + 1, f"{s:.4f}", n) for i, (n, s) in enumerate(ranked)]))
-  return payload, "\n".join(lines)
-
-
-def _transfer(lib: PromptLibrary, args: argparse.Namespace) -> Any:
-  from spot.library import targeted  # pylint: disable=g-import-not-at-top  (JAX, SeqIO)
-  flags = [f for f in args.train_flags if f != "--"]
-  if not flags:
-    raise LibraryUsageError("transfer needs the target's spot train flags after --.")
-  query = sources.read_npy(args.embedding, "--embedding")
-  try:
-    runs, chosen = targeted.run_transfer(
-        lib, flags, query, mode=args.mode, out_dir=args.out_dir, model=args.model,
-        top_k=args.top_k, metric=args.metric, best_metric=args.best_metric,
-        target_task=args.target_task, prompt_length=args.prompt_length,
-        mixture_cap=args.mixture_cap)
-  except errors.SpotError:
-    raise
-  except ValueError as e:
-    raise LibraryUsageError(str(e)) from e
-  fmt = lambda v: "-" if v is None else f"{v:.4f}"
-  rows = [(r.source, fmt(r.similarity), r.best_step if r.best_step is not None else "-",
-           fmt(r.best_value), r.model_dir) for r in runs]
-  text = _table(("SOURCE", "SIMILARITY", "BEST_STEP", "BEST", "MODEL_DIR"), rows)
-  payload = {"mode": args.mode, "runs": [dataclasses.asdict(r) for r in runs],
-             "chosen": dataclasses.asdict(chosen)}
-  lines = [text, f"chosen: {chosen.source} ({chosen.model_dir})"]
-  if chosen.rates:
-    lines.append("mixture rates (examples-proportional): " + ", ".join(
-        f"{t} {r:g}" for t, r in chosen.rates.items()))
-  return payload, "\n".join(lines)
-
-
-COMMANDS: dict[str, Callable[[PromptLibrary, argparse.Namespace], Any]] = {
+COMMANDS: dict[str, Handler] = {
     "add": _add, "list": _list, "show": _show, "query": _query, "remove": _remove,
     "export": _export, "import": _import, "heatmap": _heatmap, "check": _check,
-    "embed": _embed, "transfer": _transfer,
 }
 
 
@@ -426,10 +346,18 @@ def _report(caught: Sequence[warnings.WarningMessage], stderr: TextIO) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[TextIO] = None,
-         stderr: Optional[TextIO] = None) -> int:
-  """Runs `spot library ...`; returns the exit status."""
+         stderr: Optional[TextIO] = None,
+         add_commands: Sequence[Callable[[AddCommand], None]] = (),
+         extra_commands: Optional[dict[str, Handler]] = None) -> int:
+  """Runs `spot library ...`; returns the exit status.
+
+  `add_commands` / `extra_commands`: more subcommands (parser additions and
+  their handlers), e.g. the training commands embed and transfer that
+  `spot.workflows.cli` adds; the library itself trains nothing.
+  """
   stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-  parser = build_parser()
+  commands = {**COMMANDS, **(extra_commands or {})}
+  parser = build_parser(add_commands)
   try:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
   except SystemExit as e:
@@ -442,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None, *, stdout: Optional[TextIO] = Non
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", LibraryWarning)
     try:
-      payload, text, *status = COMMANDS[args.command](lib, args)
+      payload, text, *status = commands[args.command](lib, args)
     except errors.SpotError as e:  # typed: one line and its exit code (spot.errors)
       _report(caught, stderr)
       if errors.debug_enabled():

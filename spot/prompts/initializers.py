@@ -186,23 +186,18 @@ def from_t5x(checkpoint_path: str,
   return _lazy(read, f"{variable_path} in {checkpoint_path}")
 
 
-def from_library(library_path: str, name: str, model_family: Optional[str] = None,
-                 model_size: Optional[str] = None) -> Initializer:
-  """From the source prompt of a prompt-library entry of the run's base model.
+def from_library(load: Callable[[int], Array], what: str) -> Initializer:
+  """From a prompt-library entry the caller resolved: `load(embed_dim) -> [P, D]`.
 
-  The entry's embed dim must be the run's, and when `model_family` and
-  `model_size` are known (from_library.gin binds the model gins' MODEL_FAMILY
-  and MODEL_SIZE) its model name must be of that family and size: an entry
-  for t5_1_1_lm100k_base fits a t5_1_1 base run, not a t5_1_1 tiny one.
+  The prompts package knows nothing of the library: the edge (from_library.gin's
+  configurable in spot.workflows) passes a loader that checks the entry
+  against the run's base model (the prompt's embed dim, given here) and
+  returns its prompt; `what` names the entry in shape errors.
   """
 
   def init(rng, shape, dtype=jnp.float32):
-    from spot.library import PromptLibrary
-    from spot.library.entry import check_run_model
-    lib = PromptLibrary(library_path)
-    check_run_model(lib.entry(name), int(shape[-1]), model_family, model_size)
-    return _lazy(lambda: lib.prompt(name), f"library entry {name!r} in {library_path}")(
-        rng, shape, dtype)
+    embed_dim = int(shape[-1])
+    return _lazy(lambda: load(embed_dim), what)(rng, shape, dtype)
 
   return init
 

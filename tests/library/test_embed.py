@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from spot.library import PromptLibrary
-from spot.library.cli import main as library_main
-from spot.library.embedding import compute_task_embedding
+from spot.workflows.cli import main as library_main
+from spot.workflows.embedding import embedding_from_flags
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -29,7 +29,7 @@ def test_embed_writes_embedding_and_ranks_library(shared_data, tmp_path, capsys)
   lib_path = tmp_path / "lib"
   lib = PromptLibrary(str(lib_path))
   rng = np.random.RandomState(0)
-  rte = compute_task_embedding(_flags(shared_data, "cli_glue_rte"), steps=3)
+  rte = embedding_from_flags(_flags(shared_data, "cli_glue_rte"), steps=3)
   assert rte.shape == (4, 4)
   lib.add("rte_source", rng.rand(4, 4).astype(np.float32), model="t5_1_1_tiny",
           embeddings={"step_3": rte}, task="cli_glue_rte")

@@ -33,7 +33,7 @@ def registries():
 
 def test_register_mixture_uses_local_tasks_and_example_counts(shared_data, registries):
   import seqio
-  from spot.library import targeted
+  from spot.workflows import targeted
   name, rates = targeted.register_mixture(["spot_glue_sst2", "spot_glue_rte"], module=MODULE,
                                           data_dir=str(shared_data), cap=2**19)
   assert rates == {"spot_glue_sst2": float(SST2_TRAIN), "spot_glue_rte": float(RTE_TRAIN)}
@@ -92,7 +92,7 @@ def test_transfer_mixture_in_a_fresh_process(shared_data, tmp_path):
 
 
 def test_run_data_settings_reads_the_runs_macros():
-  from spot.library import targeted
+  from spot.workflows import targeted
   flags = ["--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
            "--gin_file=spot/gin/runs/prompt_finetune.gin", "--gin.OTHER='my.tasks'",
            "--gin.MIXTURE_OR_TASK_MODULE=%OTHER", "--gin.DATA_DIR=['/a', '/b']"]
