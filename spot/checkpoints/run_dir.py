@@ -67,6 +67,31 @@ def step_dir(model_dir: epath.PathLike, step: int, best: bool = False) -> epath.
   return epath.Path(model_dir) / (BEST_DIR if best else CHECKPOINTS_DIR) / str(step)
 
 
+def is_committed(step_folder: epath.PathLike) -> bool:
+  """Whether an orbax step folder is whole: its commit marker and both items are there."""
+  step_folder = epath.Path(step_folder)
+  return ((step_folder / COMMIT_MARKER).exists() and (step_folder / STATE_ITEM).is_dir()
+          and (step_folder / META_ITEM).is_dir())
+
+
+def committed_steps(model_dir: epath.PathLike, kind: str = CHECKPOINTS_DIR) -> list[int]:
+  """Steps of committed folders under `model_dir/<kind>` ("checkpoints" or "best"), ascending."""
+  root = epath.Path(model_dir) / kind
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir()
+                if p.name.isdigit() and p.is_dir() and is_committed(p))
+
+
+def incomplete_steps(root: epath.PathLike) -> list[epath.Path]:
+  """Step-named folders under `root` (`checkpoints/` or `best/`) that are not committed."""
+  root = epath.Path(root)
+  if not root.is_dir():
+    return []
+  return sorted((p for p in root.iterdir() if p.name.isdigit() and p.is_dir()
+                 and not is_committed(p)), key=lambda p: int(p.name))
+
+
 # Numpy prompt exports.
 
 

@@ -20,6 +20,7 @@ import re
 from typing import Any, Mapping, Optional
 
 import numpy as np
+from spot.checkpoints import run_dir
 from spot.library import fs
 from spot.library.errors import CorruptEntryError, LibraryError, ModelMismatchError
 
@@ -211,7 +212,7 @@ def as_prompt_array(array: Any, what: str) -> np.ndarray:
     raise ModelMismatchError(
         f"{what} has shape {a.shape}; expected [tokens, embed_dim], e.g. (100, 768) for a "
         "100-token prompt of a base-size T5. Save the encoder prompt variable itself "
-        "(T5X: encoder/prompt/prompt/prompt).")
+        f"(T5X: {run_dir.PROMPT_VARIABLE}).")
   if not np.isfinite(a).all():
     raise ModelMismatchError(f"{what} contains NaN or Inf values; it is not a usable prompt.")
   return a

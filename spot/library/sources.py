@@ -62,10 +62,10 @@ def numpy_checkpoints(model_dir: str) -> dict[int, fs.Path]:
 
 
 def run_checkpoints(model_dir: str, kind: str) -> dict[int, fs.Path]:
-  """step -> orbax run checkpoint under `model_dir/<kind>/` (kind: best, checkpoints)."""
-  root = fs.path(absolute(model_dir)) / kind
-  return {int(p.name): p for p in (root.iterdir() if root.is_dir() else [])
-          if p.name.isdigit() and is_run_checkpoint(p)}
+  """step -> committed orbax run checkpoint under `model_dir/<kind>/` (best, checkpoints)."""
+  model_dir = absolute(model_dir)
+  return {s: fs.path(run_dir.step_dir(model_dir, s, best=kind == run_dir.BEST_DIR))
+          for s in run_dir.committed_steps(model_dir, kind)}
 
 
 def is_run_checkpoint(path: Any) -> bool:

@@ -113,3 +113,16 @@ def test_read_json_names_the_file_and_fix(tmp_path):
   with pytest.raises(errors.LibraryError, match=r"index .*x.json holds a list.*; rebuild it\."):
     spot_io.read_json(path, "index", error=errors.LibraryError, fix="rebuild it")
   assert spot_io.read_json_if_exists(tmp_path / "none.json", "index") is None
+
+
+def test_only_committed_step_folders_count(tmp_path):
+  for step, marker in ((1, True), (2, False), (3, True)):
+    folder = run_dir.step_dir(tmp_path, step)
+    (folder / run_dir.STATE_ITEM).mkdir(parents=True)
+    (folder / run_dir.META_ITEM).mkdir()
+    if marker:
+      (folder / run_dir.COMMIT_MARKER).write_text("")
+  (tmp_path / run_dir.CHECKPOINTS_DIR / "4.orbax-checkpoint-tmp-9").mkdir()
+  assert run_dir.committed_steps(tmp_path) == [1, 3]
+  assert run_dir.committed_steps(tmp_path, run_dir.BEST_DIR) == []
+  assert [p.name for p in run_dir.incomplete_steps(tmp_path / "checkpoints")] == ["2"]
