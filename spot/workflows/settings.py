@@ -25,7 +25,7 @@ class TrainSettings:
   """Exactly what `trainer.train(**...)` takes; `extra` holds any other bound keyword.
 
   Attributes mirror `spot.train.trainer.train`'s arguments; `extra` carries
-  keywords this class does not name (e.g. metric writers), passed through;
+  keywords this class does not name (added to trainer.train later), passed through;
   `macros` records gin macros recipes read but `train` does not take
   (MODEL_FAMILY, MODEL_SIZE: which library entries fit the model).
   """
@@ -45,6 +45,9 @@ class TrainSettings:
   partitioner: Any = None
   method: Optional[str] = None
   gin_config: Optional[str] = None
+  metrics_writers: Sequence[Any] = ()
+  stop_after_steps: Optional[int] = None
+  verbose: bool = True
   extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   macros: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
