@@ -25,13 +25,15 @@ import jax
 from etils import epath
 
 from spot import errors
+from spot import io as spot_io
 from spot.checkpoints import hf, layout, run, t5x, tree
 from spot.models import T5Config, config_names, get_config
 
 
 def _hf_summary(directory: epath.Path) -> dict:
   config_file = directory / hf.CONFIG_FILE
-  hf_config = json.loads(config_file.read_text())
+  hf_config = spot_io.read_json(config_file, "Hugging Face config", error=errors.CheckpointError,
+                               fix="copy the model directory again")
   config = hf.config_from_hf(hf_config, str(config_file))
   shapes = hf.tensor_shapes(directory)
   return {"format": "hf", "path": str(directory), "config": config.to_dict(),
