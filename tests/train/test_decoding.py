@@ -339,3 +339,55 @@ def test_narrow_beam_prunes_stops_early_and_scores_consistently(t5):
   lengths = np.argmax(seqs[:, 0] == EOS, axis=-1) + 1
   expected = np.where(finished, lp / ((5.0 + lengths) / 6.0) ** alpha, lp)
   np.testing.assert_allclose(scores[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def _counting_tokens_to_logits(ends: np.ndarray, vocab: int = 4):
+  """A toy decoder that emits token 2 until step `ends[b]`, then EOS; it counts its calls.
+
+  The cache carries the step [N]; each call appends 1 to `calls` on the host.
+  """
+  calls = []
+  ends = jnp.asarray(ends, jnp.int32)
+
+  def tokens_to_logits(ids, cache):
+    del ids
+    jax.debug.callback(lambda: calls.append(1))
+    step = cache["step"]
+    token = jnp.where(step >= ends, EOS, 2)
+    logits = jnp.where(jnp.arange(vocab)[None] == token[:, None], 0.0, -1e4)
+    return logits, {"step": step + 1}
+
+  return tokens_to_logits, calls
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_decoding_stops_once_every_sequence_has_ended(method):
+  """The while_loop ends at the step the last sequence emits EOS, not at max length."""
+  ends = np.array([0, 3, 1])  # EOS at output positions 0, 3 and 1
+  tokens_to_logits, calls = _counting_tokens_to_logits(ends)
+  inputs = jnp.zeros((3, 16), jnp.int32)
+  cache = {"step": jnp.zeros((3,), jnp.int32)}
+  if method == "greedy":
+    seqs, _ = decoding.greedy_decode(inputs, cache, tokens_to_logits, EOS)
+  else:
+    seqs, _ = decoding.temperature_sample(inputs, cache, tokens_to_logits, EOS,
+                                          decode_rng=jax.random.PRNGKey(0), topk=0)
+  jax.effects_barrier()
+  seqs = np.asarray(seqs)[:, 0]
+  expected = np.zeros((3, 16), np.int32)
+  for b, e in enumerate(ends):
+    expected[b, :e], expected[b, e] = 2, EOS
+  np.testing.assert_array_equal(seqs, expected)
+  assert len(calls) == ends.max() + 1 == 4  # 4 decoder steps of a possible 16
+
+
+def test_beam_search_stops_once_no_live_beam_can_win():
+  ends = np.array([1, 2])
+  tokens_to_logits, calls = _counting_tokens_to_logits(np.repeat(ends, 2))  # rows b * k + j
+  inputs = jnp.zeros((2, 16), jnp.int32)
+  cache = {"step": jnp.zeros((2,), jnp.int32)}
+  seqs, _ = decoding.beam_search(inputs, cache, tokens_to_logits, EOS, num_decodes=2, alpha=0.0)
+  jax.effects_barrier()
+  np.testing.assert_array_equal(np.asarray(seqs)[:, -1, :3], [[2, EOS, 0], [2, 2, EOS]])
+  # Both examples' best beams end by step 2; the loop stops 12 steps before max length.
+  assert len(calls) == 4
