@@ -110,3 +110,19 @@ def test_system_exit_with_a_message_prints_it(capsys):
   assert errors.run_cli("spot demo", fail) == errors.EXIT_USAGE
   assert "other settings" in capsys.readouterr().err
   assert errors.run_cli("spot demo", lambda: (_ for _ in ()).throw(SystemExit(0))) == 0
+
+
+def test_kinds_are_raised_where_the_problem_is_found(tmp_path):
+  from spot.checkpoints import run
+  from spot.library import PromptLibrary
+  from spot.tasks import metrics
+  (tmp_path / "run.json").write_text("[1]")
+  with pytest.raises(errors.CheckpointError, match="run.json holds a list") as e:
+    run.read_run_json(tmp_path)
+  assert errors.classify(e.value)[0] == errors.EXIT_DATA
+  with pytest.raises(errors.UnknownNameError, match="known:") as e:
+    metrics.metric_fns("no_such_task")
+  assert isinstance(e.value, KeyError) and errors.classify(e.value)[0] == errors.EXIT_USAGE
+  with pytest.raises(errors.LibraryError) as e:
+    PromptLibrary(tmp_path / "no_library").entry("x")
+  assert errors.classify(e.value)[0] == errors.EXIT_DATA
