@@ -50,7 +50,9 @@ def unpacked_batch(examples: Sequence[Example], inputs_length: int,
   for i, ex in enumerate(examples):
     batch["encoder_input_tokens"][i, :len(ex.inputs)] = ex.inputs
     batch["decoder_target_tokens"][i, :len(ex.targets)] = ex.targets
-    batch["decoder_input_tokens"][i, 1:len(ex.targets)] = ex.targets[:-1]
+    shifted = (0,) + ex.targets  # SeqIO shifts the padded row: the last target follows
+    m = min(len(shifted), targets_length)
+    batch["decoder_input_tokens"][i, :m] = shifted[:m]
     batch["decoder_loss_weights"][i, :len(ex.targets)] = 1
   for name in ID_FEATURES:
     batch[name] = np.array([getattr(ex, name) for ex in examples], np.int32)

@@ -1,15 +1,17 @@
 """SeqIO datasets for training, evaluation and inference.
 
 `DatasetConfig` mirrors T5X's `utils.DatasetConfig`. `PromptFeatureConverter`
-is SeqIO's unpacked encoder-decoder converter that also carries the scalar
-per-example prompt features (`prompt_id`, `language_id`, `task_id`) and knows
-the prompt length, so the encoder sees `prompt_length + inputs` positions.
+is SeqIO's encoder-decoder converter that also carries the per-example prompt
+features (`prompt_id`, `language_id`, `task_id`) and knows the prompt length,
+so the encoder sees `prompt_length + inputs` positions; packed, it reserves
+each example's prompt positions inside the row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -77,49 +79,132 @@ def check_feature_lengths(lengths: Optional[Mapping[str, int]]) -> None:
 
 
 class PromptFeatureConverter(seqio.EncDecFeatureConverter):
-  """Unpacked enc-dec conversion plus scalar prompt features.
+  """SeqIO's enc-dec conversion plus the prompt's features, unpacked or packed.
+
+  Unpacked (the default), each row is one example: the token features are
+  SeqIO's and the model adds the P prompt positions in front of the inputs;
+  `prompt_id` / `language_id` / `task_id` are scalars (rank 0).
+
+  Packed (`pack=True`), each example's inputs first get P placeholder tokens
+  in front, so the prompt counts in the example's share of the row; its ids
+  become per-token features over those P + len(inputs) positions; then SeqIO
+  packs (`trim_and_pack_dataset`). The rows carry SeqIO's
+  `encoder_segment_ids`, `encoder_positions`, `decoder_segment_ids` and
+  `decoder_positions`, encoder rows are P + TASK_FEATURE_LENGTHS["inputs"]
+  long (the unpacked encoder length, so the same lengths serve both), and the
+  model writes each segment's prompt over its positions 0..P-1. An example
+  longer than its share is truncated as SeqIO truncates; `truncated_examples`
+  counts them (and a warning is logged).
 
   Args:
-    prompt_length: positions the model's prompt adds in front of the inputs
-      (reported by `encoder_length`; the token features are unaffected).
-    pack: must be False: a prompt is prepended per example, so packing several
-      examples into one row would give all but the first no prompt.
+    prompt_length: positions the model's prompt takes in front of the inputs.
+    pack: pack several examples per row (SeqIO's packing, a prompt per example).
+    prompt_features: the prompt's id features to carry (see PROMPT_FEATURES).
+    placeholder_id: the token id written at the prompt positions of a packed
+      row (any nonzero id: the prompt replaces its embedding).
   """
 
   def __init__(self, prompt_length: int = 0, pack: bool = False,
-               prompt_features: Sequence[str] = (), **kwargs):
-    if pack:
-      raise ValueError("Packing is not supported with prompts: every example needs its own "
-                       "prompt prefix. Use pack=False.")
+               prompt_features: Sequence[str] = (), placeholder_id: int = 1, **kwargs):
     unknown = set(prompt_features) - set(PROMPT_FEATURES)
     if unknown:
       raise ValueError(f"Unknown prompt features {sorted(unknown)}; known: {PROMPT_FEATURES}.")
-    super().__init__(pack=False, **kwargs)
+    if prompt_length < 0:
+      raise ValueError(f"prompt_length={prompt_length} must be 0 or more (PROMPT_LENGTH).")
+    if pack and placeholder_id <= 0:
+      raise ValueError(f"placeholder_id={placeholder_id} must be a nonzero token id: SeqIO's "
+                       "packing reads a zero as padding.")
+    super().__init__(pack=pack, **kwargs)
     self.prompt_length = prompt_length
     self.prompt_features = tuple(prompt_features)
-    # The model features this instance emits: the enc-dec ones plus scalar ids.
+    self.placeholder_id = placeholder_id
+    self._truncated = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # The model features this instance emits: the enc-dec ones plus the ids
+    # (scalars per example, or per-token when packed).
     self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES, **{
-        name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=0)
+        name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=1 if pack else 0)
         for name in self.prompt_features})
+
+  @property
+  def truncated_examples(self) -> int:
+    """Examples this converter has truncated to their share of a packed row so far."""
+    return int(self._truncated.numpy())
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    if not self.pack:
+      return super()._convert_features(ds, task_feature_lengths)
+    lengths = self._packed_lengths(task_feature_lengths)
+    ds = ds.map(lambda ex: self._reserve_prompt(ex, lengths),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = seqio.utils.trim_and_pack_dataset(ds, lengths, self._use_custom_packing_ops)
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _packed_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    """What SeqIO packs: the prompt-prefixed inputs, the targets and per-token ids."""
+    encoder = self.encoder_length(task_feature_lengths)
+    lengths = {"inputs": encoder, "targets": int(task_feature_lengths["targets"])}
+    lengths.update({name: encoder for name in self.prompt_features})
+    return lengths
+
+  def _reserve_prompt(self, features, lengths: Mapping[str, int]):
+    """One example: P placeholders before the inputs, ids as per-token features
+    (shifted by one so SeqIO's packing, which drops zeros, keeps id 0)."""
+    inputs = tf.cast(features["inputs"], tf.int32)
+    inputs = tf.concat([tf.fill([self.prompt_length], self.placeholder_id), inputs], axis=0)
+    targets = features["targets"]
+    too_long = tf.logical_or(tf.size(inputs) > lengths["inputs"],
+                             tf.size(targets) > lengths["targets"])
+    count = self._truncated.assign_add(tf.cast(too_long, tf.int64))
+    count = tf.cond(too_long, lambda: tf.py_function(_warn_truncated, [count, lengths["inputs"]],
+                                                     tf.int64), lambda: count)
+    with tf.control_dependencies([count]):
+      out = {"inputs": tf.identity(inputs), "targets": targets}
+    for name in self.prompt_features:
+      out[name] = tf.fill(tf.shape(inputs), self._scalar_id(features, name) + 1)
+    return out
+
+  def _scalar_id(self, features, name: str):
+    source = _source_feature(features, name)
+    if source is None:
+      raise ValueError(f"The model's prompt needs the integer example feature {name!r} "
+                       f"(or {_ALIASES.get(name)!r}); the task gives {sorted(features)}.")
+    return tf.cast(tf.reshape(features[source], []), tf.int32)
 
   def _convert_example(self, features):
     d = super()._convert_example(features)
     for name in self.prompt_features:
-      source = _source_feature(features, name)
-      if source is None:
-        raise ValueError(f"The model's prompt needs the integer example feature {name!r} "
-                         f"(or {_ALIASES.get(name)!r}); the task gives {sorted(features)}.")
-      d[name] = tf.cast(tf.reshape(features[source], []), tf.int32)
+      if self.pack:  # per-token, shifted by one in _reserve_prompt; padding -> 0
+        d[name] = tf.maximum(tf.cast(features[name], tf.int32) - 1, 0)
+      else:
+        d[name] = self._scalar_id(features, name)
     return d
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                 ) -> Mapping[str, int]:
+    if self.pack:
+      encoder = self.encoder_length(task_feature_lengths)
+      lengths = dict(super().get_model_feature_lengths(
+          dict(task_feature_lengths, inputs=encoder)))
+      lengths.update({name: encoder for name in self.prompt_features})
+      return lengths
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
     lengths.update({name: 1 for name in self.prompt_features})  # scalars: not length-checked
     return lengths
 
   def encoder_length(self, task_feature_lengths: Mapping[str, int]) -> int:
+    """Encoder positions the model sees: P + inputs (a packed row is as long)."""
     return self.prompt_length + int(task_feature_lengths["inputs"])
+
+
+def _warn_truncated(count, row_length) -> int:
+  """Logs how many examples packing truncated so far (at 1, 10, 100, ...)."""
+  n = int(count)
+  if n > 0 and 10 ** int(np.log10(n)) == n:
+    logging.warning("Packing truncated %d example(s) longer than their share of a %d-position "
+                    "row (prompt included); raise TASK_FEATURE_LENGTHS to keep them whole.",
+                    n, int(row_length))
+  return count
 
 
 # Integer example features that may carry a prompt id under a shorter name
