@@ -1,5 +1,5 @@
 """Path helpers, atomic writes and JSON reads for local and gs:// paths (the bottom
-floor: imports nothing of spot but its error types).
+floor: imports nothing of spot; callers pass the error kind to raise).
 
 A reader never sees half a file and a failed write (ENOSPC, a kill) leaves the
 previous file as it was: local files go to a temporary sibling, are fsynced and
@@ -15,8 +15,6 @@ import secrets
 from typing import Any, BinaryIO, Iterator, Optional
 
 from etils import epath
-
-from spot import errors
 
 
 def is_remote(path: epath.PathLike) -> bool:
@@ -104,9 +102,10 @@ def write_json_atomic(path: epath.PathLike, obj: Any) -> None:
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def read_json(path: epath.PathLike, what: str, *, error: type = errors.DataError,
+def read_json(path: epath.PathLike, what: str, *, error: type[Exception] = ValueError,
               fix: str = "fix or delete it") -> dict[str, Any]:
-  """The JSON object in `path`; `error` (a DataError kind) names `what`, the file and `fix`.
+  """The JSON object in `path`; `error` (spot passes a DataError kind) names `what`, the
+  file and `fix`.
 
   A missing file raises FileNotFoundError (callers decide whether absence is
   fine); a file that is not JSON, or not an object, raises `error`.
@@ -122,7 +121,8 @@ def read_json(path: epath.PathLike, what: str, *, error: type = errors.DataError
   return value
 
 
-def read_json_if_exists(path: epath.PathLike, what: str, *, error: type = errors.DataError,
+def read_json_if_exists(path: epath.PathLike, what: str, *,
+                        error: type[Exception] = ValueError,
                         fix: str = "fix or delete it") -> Optional[dict[str, Any]]:
   """`read_json`, or None when `path` does not exist."""
   try:

@@ -253,7 +253,7 @@ def _read_record(path: epath.Path) -> dict[str, Any]:
   if not path.exists():
     raise errors.MissingInputError(f"{path}: no such file; a finished run holds "
                                    f"{METRICS_FILE} ({_FIX}).")
-  return spot_io.read_json(path, "metrics file",
+  return spot_io.read_json(path, "metrics file", error=errors.DataError,
                            fix="rewrite it with spot.report.write_run_metrics or remove it")
 
 

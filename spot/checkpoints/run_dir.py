@@ -264,7 +264,7 @@ def read_metrics(model_dir: epath.PathLike) -> Optional[dict[str, Any]]:
   file = epath.Path(spot_io.absolute(model_dir)) / METRICS_JSON
   if not file.is_file():
     return None
-  return spot_io.read_json(file, "metrics file",
+  return spot_io.read_json(file, "metrics file", error=errors.DataError,
                            fix="fix or delete it, or rerun the final evaluation")
 
 
