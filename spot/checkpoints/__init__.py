@@ -5,7 +5,9 @@ Parameters are plain nested dicts of numpy arrays under T5X names
 the tree `spot.models.T5` creates, so a loaded checkpoint goes straight into
 `T5(config).apply({"params": params}, ...)`. spot's own run checkpoints
 (trained parameters only) are read by `locate_run` / `describe_run` and turned
-into a T5X checkpoint by `convert_run`. See docs/checkpoints.md.
+into a T5X checkpoint by `convert_run`. The run directory's layout (names,
+the numpy prompt export, run.json, metrics.json) is `spot.checkpoints.run_dir`'s,
+read by the trainer, the library, the demo and `spot report`. See docs/checkpoints.md.
 """
 
 import importlib
