@@ -132,3 +132,64 @@ def assert_trees_close(a, b, rtol: float = 1e-5, atol: float = 0.0) -> None:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     scale = max(float(np.max(np.abs(y))), 1e-30)
     np.testing.assert_allclose(x, y, rtol=0, atol=atol + rtol * scale)
+
+
+# ------------------------------------------------------------------ the mesh worker
+# `python -m tests.packing_helpers MESH` (with 8 forced CPU devices) prints the
+# packed multi-task prompt loss and gradient on one device and on a
+# ('data', 'model') mesh of shape MESH ("4x2"), as JSON.
+
+MESH_ROWS = [[(5, 3), (3, 2), (2, 1)], [(16, 6)], [(7, 4), (4, 2)], [(5, 2), (4, 2), (1, 1)]]
+
+
+def mesh_equivalence(mesh: str) -> dict:
+  import functools
+  import flax.linen as nn
+  from spot import partitioning
+  from spot.models import T5, get_config
+  from spot.prompts import MultiTaskPrompt
+
+  config = get_config("t5_1_1_tiny", dropout_rate=0.0).replace(
+      vocab_size=96, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
+      relative_attention_num_buckets=8, relative_attention_max_distance=16)
+  module = T5(config, functools.partial(MultiTaskPrompt, num_prompts=3, length=3))
+  sizes = [s for row in MESH_ROWS for s in row]
+  examples = random_examples(sizes, config.vocab_size, seed=7)
+  it = iter(examples)
+  batch = packed_batch([[next(it) for _ in row] for row in MESH_ROWS], 3, 16, 6)
+  tokens = jnp.ones((1, 2), jnp.int32)
+  init = lambda r: module.init(r, tokens, tokens, tokens, enable_dropout=False,
+                               prompt_inputs={"prompt_id": jnp.zeros((1,), jnp.int32)})
+  params = nn.unbox(init(jax.random.PRNGKey(3)))["params"]
+  axes = nn.get_partition_spec(jax.eval_shape(init, jax.random.PRNGKey(3)))["params"]
+  names = ("prompt_id",)
+  loss1, grad1 = loss_and_grad(module, params, batch, names)
+  unpacked = unpacked_batch(examples, 16, 6)
+  loss_u, _ = loss_and_grad(module, params, unpacked, names)
+
+  data, model = (int(x) for x in mesh.split("x"))
+  part = partitioning.Partitioner.create(num_partitions=model)
+  assert dict(part.mesh.shape) == {"data": data, "model": model}, part.mesh.shape
+  shardings = part.logical_to_mesh(axes, params)
+  prompt_sh = shardings["encoder"]["prompt"]
+
+  def fn(prompt, frozen, b):
+    full = dict(frozen, encoder=dict(frozen["encoder"], prompt=prompt))
+    return summed_loss(module, full, b, names)
+
+  with part:
+    step = part.partition(jax.value_and_grad(fn),
+                          in_shardings=(prompt_sh, shardings, part.batch_shardings(batch)),
+                          out_shardings=(part.replicated, prompt_sh))
+    placed = jax.device_put(params, shardings)
+    loss_m, grad_m = step(placed["encoder"]["prompt"], placed, part.shard_batch(batch))
+  return {"loss_one": float(loss1), "loss_mesh": float(loss_m), "loss_unpacked": float(loss_u),
+          "grad_one": np.asarray(grad1["prompts"]).tolist(),
+          "grad_mesh": np.asarray(partitioning.host_array(grad_m["prompts"])).tolist(),
+          "devices": jax.device_count(), "rows": int(batch["encoder_input_tokens"].shape[0])}
+
+
+if __name__ == "__main__":
+  import json
+  import sys
+  print("RESULT " + json.dumps(mesh_equivalence(sys.argv[1])))

@@ -196,3 +196,27 @@ def test_decoding_with_a_cache_refuses_packed_rows():
                  packed["decoder_input_tokens"], packed["decoder_target_tokens"],
                  enable_dropout=False, decode=True, max_decode_length=TARGETS,
                  **{k: packed[k] for k in ph.PACKED_KEYS}, mutable=["cache"])
+
+
+def test_packed_loss_and_gradient_on_an_8_device_mesh_equal_one_device():
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  flags = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+           "--xla_llvm_disable_expensive_passes=true")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=flags,
+             PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-m", "tests.packing_helpers", "4x2"], cwd=repo,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  out = json.loads(line[len("RESULT "):])
+  assert out["devices"] == 8 and out["rows"] == 4
+  assert out["loss_one"] > 1.0
+  np.testing.assert_allclose(out["loss_mesh"], out["loss_one"], rtol=1e-5)
+  np.testing.assert_allclose(out["loss_one"], out["loss_unpacked"], rtol=1e-5)
+  ph.assert_trees_close(np.array(out["grad_mesh"]), np.array(out["grad_one"]))
+  assert np.abs(np.array(out["grad_one"])).max() > 0
