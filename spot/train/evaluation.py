@@ -22,6 +22,7 @@ from etils import epath
 
 from spot import errors, partitioning
 from spot.train import data as data_lib
+from spot.train import batching
 from spot.train.batching import pad_batch
 from spot.train.models import EncoderDecoderModel
 
@@ -85,6 +86,42 @@ def score_rows(model: EncoderDecoderModel, params: Any, batch: Batch, n: int) ->
   """Target log-likelihoods [n] of the n real rows of a padded batch (host numpy)."""
   scores = model.score_batch(params, model.model_features(batch))
   return partitioning.host_array(scores)[:n]  # gathers multi-host shards
+
+
+def predict_examples(model: EncoderDecoderModel, params: Any, features: Batch, batch_size: int,
+                     *, max_decode_length: Optional[int] = None,
+                     decode: Optional[Mapping[str, Any]] = None, seed: int = 0,
+                     by_length: bool = True) -> np.ndarray:
+  """Decoded token ids [N, L] of every example of `features` [N, ...], in input order.
+
+  With `by_length`, batches hold examples of similar encoder length cut to a
+  few fixed lengths (`batching.length_batches`); otherwise input order, fixed
+  shapes. Batch i decodes with `fold_in(PRNGKey(seed), i)`.
+  """
+  features = model.model_features(features)
+  total = len(features["encoder_input_tokens"])
+  if max_decode_length is None:
+    max_decode_length = features["decoder_target_tokens"].shape[1]
+  batches = (batching.length_batches(features, batch_size) if by_length else
+             ((np.arange(i * batch_size, i * batch_size + n), b, n) for i, (b, n) in
+              enumerate(batching.split_batches(features, batch_size))))
+  return batching.in_input_order(
+      ((rows, predict_rows(model, params, b, n, max_decode_length=max_decode_length,
+                           rng=jax.random.fold_in(jax.random.PRNGKey(seed), i), decode=decode))
+       for i, (rows, b, n) in enumerate(batches)), total)
+
+
+def score_examples(model: EncoderDecoderModel, params: Any, features: Batch, batch_size: int,
+                   *, by_length: bool = True) -> np.ndarray:
+  """Target log-likelihoods [N] of every example of `features`, in input order; with
+  `by_length`, in batches of similar input and target lengths cut to a few fixed lengths."""
+  features = model.model_features(features)
+  total = len(features["encoder_input_tokens"])
+  batches = (batching.length_batches(features, batch_size, trim_targets=True) if by_length else
+             ((np.arange(i * batch_size, i * batch_size + n), b, n) for i, (b, n) in
+              enumerate(batching.split_batches(features, batch_size))))
+  return batching.in_input_order(
+      ((rows, score_rows(model, params, b, n)) for rows, b, n in batches), total)
 
 
 def _logger_at(cls: Callable[..., seqio.Logger], output_dir: str) -> Callable[..., seqio.Logger]:

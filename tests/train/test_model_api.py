@@ -182,3 +182,51 @@ def test_pad_batch_pads_with_zero_rows_and_split_batches_covers_every_row():
   np.testing.assert_array_equal(np.concatenate([c["a"][:n] for c, n in chunks]), feats["a"])
   with pytest.raises(ValueError, match="size=2"):
     batching.pad_batch(feats, 2)
+
+
+def _ragged_features(n: int = 11, inputs: int = 32, targets: int = 6, seed: int = 5):
+  """n examples of encoder lengths 1..inputs-1 and target lengths 1..targets, zero-padded."""
+  rng = np.random.RandomState(seed)
+  enc = np.zeros((n, inputs), np.int32)
+  dec = np.zeros((n, targets), np.int32)
+  for i, (a, b) in enumerate(zip(rng.randint(1, inputs, n), rng.randint(1, targets + 1, n))):
+    enc[i, :a] = rng.randint(2, CONFIG.vocab_size, a)
+    dec[i, :b - 1], dec[i, b - 1] = rng.randint(2, CONFIG.vocab_size, b - 1), EOS
+  return {"encoder_input_tokens": enc, "decoder_target_tokens": dec,
+          "decoder_input_tokens": np.pad(dec, ((0, 0), (1, 0)))[:, :-1],
+          "decoder_loss_weights": (dec > 0).astype(np.int32),
+          "inputs_pretokenized": np.array([b"x"] * n)}
+
+
+def test_length_batches_sort_cut_to_power_of_two_lengths_and_keep_every_row():
+  feats = _ragged_features()
+  lengths = batching.real_lengths(feats["encoder_input_tokens"])
+  assert batching.bucket_lengths(32) == (8, 16, 32) and batching.bucket_lengths(20) == (8, 16, 20)
+  seen, shapes = [], set()
+  for rows, batch, n in batching.length_batches(feats, 4, trim_targets=True):
+    assert batch["encoder_input_tokens"].shape[0] == 4 and n == len(rows)
+    width = batch["encoder_input_tokens"].shape[1]
+    shapes.add((width, batch["decoder_target_tokens"].shape[1]))
+    assert width in (8, 16, 32) and lengths[rows].max() <= width
+    np.testing.assert_array_equal(batch["encoder_input_tokens"][:n],
+                                  feats["encoder_input_tokens"][rows, :width])
+    seen.extend(rows.tolist())
+  assert sorted(seen) == list(range(11))
+  assert (np.diff(lengths[seen]) >= 0).all()  # shortest first
+  assert len(shapes) <= 6 and min(w for w, _ in shapes) < 32
+
+
+def test_length_bucketed_scores_and_predictions_come_back_in_input_order(tiny):
+  from spot.train import evaluation
+  model, params, _ = tiny
+  feats = _ragged_features()
+  fixed = evaluation.score_examples(model, params, feats, 4, by_length=False)
+  bucketed = evaluation.score_examples(model, params, feats, 4)
+  whole = np.asarray(model.score_batch(params, model.model_features(feats)))
+  np.testing.assert_allclose(fixed, whole, rtol=1e-5)
+  np.testing.assert_allclose(bucketed, whole, rtol=1e-4, atol=1e-5)
+  assert len(set(np.round(whole, 3))) == 11
+  tokens = evaluation.predict_examples(model, params, feats, 4)
+  np.testing.assert_array_equal(tokens, evaluation.predict_examples(model, params, feats, 4,
+                                                                    by_length=False))
+  np.testing.assert_array_equal(tokens, model.predict_batch(params, feats))
