@@ -132,3 +132,18 @@ def test_with_the_length_check_a_long_example_is_refused_as_before():
 def test_packing_needs_a_nonzero_placeholder():
   with pytest.raises(ValueError, match="placeholder_id"):
     PromptFeatureConverter(P, pack=True, placeholder_id=0)
+
+
+def test_model_loss_accepts_the_converted_packed_batch():
+  from spot.train.models import EncoderDecoderModel
+  factory, _ = PROMPTS["multitask"]
+  model = EncoderDecoderModel(CONFIG, factory)
+  params = model.init_params(jax.random.PRNGKey(5))
+  examples = ph.random_examples(SIZES, CONFIG.vocab_size, seed=6)
+  _, packed = _convert(examples, pack=True)
+  _, unpacked = _convert(examples, pack=False)
+  loss_p, metrics_p = model.loss(params, packed)
+  loss_u, metrics_u = model.loss(params, unpacked)
+  np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
+  assert float(metrics_p["num_tokens"]) == float(metrics_u["num_tokens"]) == sum(
+      len(e.targets) for e in examples)
