@@ -1,9 +1,12 @@
 """The training loop: frozen T5 + trainable parameters, SeqIO data, orbax checkpoints.
 
 `train()` is the entry point `spot train` / `t5x train` configure with gin. Its
-shape follows T5X's train.py: a jitted, sharded step over a ('data', 'model')
-mesh, periodic checkpoints and evaluation, progress lines and TensorBoard
-summaries. What differs, and why:
+shape follows T5X's trainer: a typed `TrainState` (step, trainable, optimizer
+state) with its shardings, a train step compiled through
+`Partitioner.partition` over a ('data', 'model') mesh, periodic checkpoints
+(`RunCheckpointer`) and evaluation with `EarlyStopping`, progress lines and
+TensorBoard summaries. `train()` says in what order things happen; `_Run`
+does each one. What differs from T5X, and why:
 
 - Gradients are taken only with respect to the trainable tree (the prompt by
   default); the frozen tree enters the step as a constant argument, so it has
@@ -14,13 +17,16 @@ summaries. What differs, and why:
 - Data order and dropout are functions of (seed, step), so a run killed at any
   point and resumed ends with the same prompt as an uninterrupted one. The
   checkpoint meta also carries the eval history, the best (step, value) and the
-  bad-eval count, so best/, early stopping and metrics.json come out the same.
+  bad-eval count, so best/, early stopping and the final metrics come out the same.
 - Every step returns a finiteness flag (see `step_is_finite`); it is read one
   step late (a scalar, no stall) and always before a save, so no checkpoint or
   export ever holds a diverged state.
 - Everything that can be checked cheaply (task, batch split, eval settings,
   model_dir writable, base checkpoint and prompt shape on resume) is checked
   before the first file in model_dir changes.
+- Final metrics go to the `metrics_writers` the caller passes (the run files
+  bind `spot.report_writers.write_final_metrics` and
+  `spot.xgen.report.write_xgen_scores`): training knows nothing of reports.
 """
 
 from __future__ import annotations
@@ -381,6 +387,9 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
                            checkpoint_cfg, verbose)
   _write_run_json(model_dir, run_meta, state.trainable, frozen)
   start_step = step = int(state.step)
+  # 3. Data (before the evaluator: it registers the tasks with the model's vocabulary),
+  # then the loop. Data order and dropout are functions of (seed, step).
+  data_iter = _train_data(data_lib, model, train_dataset_cfg, partitioner, start_step)
   end_step = (train_steps if stop_after_steps is None
               else min(train_steps, start_step + stop_after_steps))
   run = _Run(model_dir=model_dir, ckpt=ckpt, checkpoint_cfg=checkpoint_cfg, run_meta=run_meta,
@@ -390,8 +399,6 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
                                                    model_dir),
              last_good=(step, ckpt.path(step)) if latest is not None else None,
              prog=progress.Progress(train_steps, start_step, log_every), verbose=verbose)
-  # 3. Data, then the loop: data order and dropout are functions of (seed, step).
-  data_iter = _train_data(data_lib, model, train_dataset_cfg, partitioner, start_step)
   rng = jax.random.PRNGKey(seed)
   periodic_eval = bool(run.evaluator is not None and eval_cfg.period)
   try:

@@ -9,8 +9,9 @@ holds `xgen_scores.json`:
                        "lid_en": .., "lid_th": .., "ascii": ..}, ...}}
 
 `scores` maps a WikiLingua language code to the dict `metrics.score` returns
-for outputs in that language. The trainer's evaluation writes it with
-`write_run_scores`; `spot xgen score --run-dir` does too. `write_report` turns
+for outputs in that language. `write_xgen_scores` writes it from a run's final
+evaluation (the run files pass it to `spot train` and `spot eval` as a metrics
+writer) through `write_run_scores`; `spot xgen score --run-dir` does too. `write_report` turns
 runs into Markdown and CSV tables (size x method -> SP-ROUGE, LID_en,
 LID_target per language) and a PNG plot of SP-ROUGE against LID_target.
 """

@@ -168,3 +168,57 @@ def test_early_stop_and_best_checkpoint(shared_data, tmp_path):
   assert (tmp_path / "best" / str(result.best[0])).exists()
   if result.stopped_early:
     assert result.step < 40
+
+
+def test_early_stopping_min_and_max_and_meta_roundtrip():
+  from spot.train.early_stopping import EarlyStopping
+  losses = {2: 3.0, 4: 2.5, 6: 2.7, 8: 2.6}
+  stop = EarlyStopping("loss", mode="min", patience=2)
+  improved = [stop.update(s, {"t/loss": v}) for s, v in losses.items()]
+  assert improved == [True, True, False, False]
+  assert stop.best == (4, 2.5) and stop.should_stop and stop.final() == (4, {"t/loss": 2.5})
+  up = EarlyStopping("loss", mode="max", patience=4)
+  assert [up.update(s, {"t/loss": v}) for s, v in losses.items()] == [True, False, False, False]
+  assert up.best == (2, 3.0) and up.bad_evals == 3 and not up.should_stop
+  again = EarlyStopping("loss", mode="min", patience=2).restore_meta(stop.to_meta())
+  assert (again.history, again.best, again.bad_evals) == (stop.history, stop.best, 2)
+  assert again.should_stop and again.evaluated(8) and not again.evaluated(10)
+  assert not EarlyStopping().update(2, {"t/loss": 1.0})  # no best_metric: history only
+  with pytest.raises(ValueError, match="'max' or 'min'"):
+    EarlyStopping("loss", mode="lowest")
+
+
+def test_state_step_and_eval_step_through_the_partitioner():
+  """TrainState init, its shardings, and both steps compiled by Partitioner.partition."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from spot import partitioning
+  from spot.train import train_state, trainable as trainable_lib
+  model = helpers.tiny_random_model()
+  params = model.init_params(jax.random.PRNGKey(0))
+  tr, frozen = trainable_lib.split(params, "prompt")
+  tr_axes, fr_axes = trainable_lib.split(model.param_axes(), "prompt")
+  part = partitioning.Partitioner.create()
+  tx = optax.sgd(0.5)
+  state, shardings = train_state.create_state(part, tx, tr, tr_axes)
+  assert int(state.step) == 0 and isinstance(shardings, train_state.TrainState)
+  fr_sh = part.logical_to_mesh(fr_axes, frozen)
+  rng = np.random.default_rng(0)
+  batch = {"encoder_input_tokens": rng.integers(2, 64, (4, 6), dtype=np.int32),
+           "decoder_input_tokens": rng.integers(2, 64, (4, 3), dtype=np.int32),
+           "decoder_target_tokens": rng.integers(2, 64, (4, 3), dtype=np.int32),
+           "decoder_loss_weights": np.ones((4, 3), np.float32)}
+  eval_step = trainer.compile_eval_step(part, model, shardings, fr_sh, batch)
+  before = eval_step(state, frozen, batch)
+  loss, _ = model.loss(trainable_lib.merge(tr, frozen), batch)
+  np.testing.assert_allclose(float(before["loss"]), float(loss), rtol=1e-6)
+  step = trainer.compile_train_step(part, trainer.make_state_step(model, tx), shardings, fr_sh,
+                                    batch)
+  expected, _, _ = trainer.make_train_step(model, tx)(
+      tr, tx.init(tr), frozen, batch, jnp.int32(0), jax.random.PRNGKey(0))
+  state, metrics = step(state, frozen, batch, jax.random.PRNGKey(0))
+  assert int(state.step) == 1 and bool(metrics["finite"])
+  for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(state.trainable)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # jit vs eager
+  assert float(eval_step(state, frozen, batch)["loss"]) < float(before["loss"])
