@@ -97,12 +97,14 @@ def test_multitask_rows_mix_prompt_ids_and_each_row_is_used():
   np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
 
 
-@pytest.mark.parametrize("scan,remat", [(False, "full"), (True, "none"), (True, "minimal")])
-def test_scanned_and_remat_layers_pack_equally(scan, remat):
+@pytest.mark.parametrize("scan,remat,dropout", [
+    (False, "full", 0.0), (True, "none", 0.0), (True, "minimal", 0.0),
+    (False, "none", 0.1)])  # a model with dropout, run with dropout off
+def test_scanned_and_remat_layers_pack_equally(scan, remat, dropout):
   factory, inputs = PROMPTS["prefix"]
   base = T5(CONFIG, factory)
   params = _init(base, inputs)
-  config = CONFIG.replace(scan_layers=scan, remat_policy=remat)
+  config = CONFIG.replace(scan_layers=scan, remat_policy=remat, dropout_rate=dropout)
   module = T5(config, factory)
   if scan:
     params = scan_lib.scan_layers(params)
