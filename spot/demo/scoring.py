@@ -4,10 +4,10 @@ A learning curve needs one evaluation per saved prompt checkpoint, for every
 run. `seqio.Evaluator` rebuilds its TensorFlow input pipeline on each call;
 `PromptScorer` reads each task's validation examples once into numpy, then
 scores a prompt through the evaluator's own decoding path
-(`spot.train.evaluation.predict_rows` over `spot.train.batching` batches) and
-the task's own postprocessor and metric functions, as the evaluator would. One
-model object serves every prompt, so the decoder is traced and compiled once
-per demo.
+(`spot.train.evaluation.predict_examples`, i.e. `EncoderDecoderModel.predict_batch`)
+and the task's own postprocessor and metric functions, as the evaluator would.
+One model object serves every prompt, so the decoder is traced and compiled
+once per demo.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import seqio
 
-from spot.train import batching, evaluation
 from spot.train import data as data_lib
+from spot.train import evaluation
 
 
 class PromptScorer:
@@ -67,13 +67,10 @@ class PromptScorer:
   def predictions(self, name: str, prompt: np.ndarray) -> list[str]:
     """Greedy decodes of the task's validation inputs, as text."""
     batch, _, _ = self._task_data(name)
-    params = self.params(prompt)
-    rows = []
-    # Every call gets a full batch (the last one padded), so one compile serves all.
-    for chunk, n in batching.split_batches(batch, self.batch_size):
-      rows.extend(evaluation.predict_rows(self.model, params, chunk, n,
-                                          rng=jax.random.PRNGKey(0),
-                                          max_decode_length=self.lengths["targets"]))
+    # Input order in full batches (the last one padded), so one compile serves all.
+    rows = evaluation.predict_examples(self.model, self.params(prompt), batch, self.batch_size,
+                                       max_decode_length=self.lengths["targets"],
+                                       by_length=False)
     vocab = self.model.vocabulary
     return [vocab.decode([int(i) for i in row]) for row in rows]
 

@@ -147,11 +147,15 @@ class Evaluator:
   With `model_dir`, each evaluation appends predictions (`<task>-<step>.jsonl`)
   and metrics (`<task>-metrics.jsonl`) to `model_dir/inference_eval` and writes
   TensorBoard scalars `eval/<metric>` to `model_dir/training_eval/<task>`.
+  With `by_length`, each split is decoded and scored in batches of similar
+  length cut to a few fixed lengths (`batching.length_batches`).
   """
 
   def __init__(self, model: EncoderDecoderModel, train_cfg: data_lib.DatasetConfig,
-               eval_cfg: Any, partitioner: Any = None, model_dir: Optional[str] = None):
+               eval_cfg: Any, partitioner: Any = None, model_dir: Optional[str] = None,
+               by_length: bool = False):
     self.model, self.cfg, self.partitioner = model, eval_cfg, partitioner
+    self.by_length = by_length
     names = list(eval_cfg.tasks or eval_task_names(train_cfg.mixture_or_task_name,
                                                    eval_cfg.split, train_cfg.module,
                                                    train_cfg.data_dir))
@@ -182,8 +186,24 @@ class Evaluator:
       padded, n = pad_batch(self.model.model_features(feats), size)
       yield idx, padded, n
 
+  def _examples(self, dataset) -> tuple[np.ndarray, Batch]:
+    """(example indices [N], model features [N, ...]) of the whole of `dataset`."""
+    parts = list(dataset.batch(self.cfg.batch_size).as_numpy_iterator())
+    if not parts:
+      return np.zeros((0,), np.int64), {}
+    feats = [self.model.model_features(f) for _, f in parts]
+    return (np.concatenate([i for i, _ in parts]),
+            {k: np.concatenate([f[k] for f in feats]) for k in feats[0]})
+
   def predict_fn(self, params, dataset, model_feature_shapes=None):
     length = (model_feature_shapes or {}).get("decoder_target_tokens")
+    if self.by_length:
+      idx, feats = self._examples(dataset)
+      if not len(idx):
+        return []
+      tokens = predict_examples(self.model, params, feats, self.cfg.batch_size,
+                                max_decode_length=length, decode=self.cfg.decode)
+      return [(int(j), t.tolist()) for j, t in zip(idx, tokens)]
     out = []
     for i, (idx, padded, n) in enumerate(self._batches(dataset)):
       tokens = predict_rows(self.model, params, padded, n, max_decode_length=length,
@@ -194,6 +214,12 @@ class Evaluator:
 
   def score_fn(self, params, dataset, model_feature_shapes=None):
     del model_feature_shapes
+    if self.by_length:
+      idx, feats = self._examples(dataset)
+      if not len(idx):
+        return []
+      scores = score_examples(self.model, params, feats, self.cfg.batch_size)
+      return [(int(j), float(s)) for j, s in zip(idx, scores)]
     out = []
     for idx, padded, n in self._batches(dataset):
       out.extend((int(j), float(s)) for j, s in zip(idx, score_rows(self.model, params, padded, n)))

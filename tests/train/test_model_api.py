@@ -230,3 +230,27 @@ def test_length_bucketed_scores_and_predictions_come_back_in_input_order(tiny):
   np.testing.assert_array_equal(tokens, evaluation.predict_examples(model, params, feats, 4,
                                                                     by_length=False))
   np.testing.assert_array_equal(tokens, model.predict_batch(params, feats))
+
+
+def _count(targets, predictions):
+  return {"n": len(predictions)}
+
+
+def test_evaluator_by_length_gives_the_fixed_shape_results(tiny):
+  import types
+  import tensorflow as tf
+  from spot.train import data as data_lib, evaluation
+  from tests.train import helpers
+  model, params, _ = tiny
+  task = helpers.register_tiny_task("test_model_api_tiny", metric_fns=[_count])
+  eval_cfg = types.SimpleNamespace(tasks=[task], split="validation", task_feature_lengths=None,
+                                   num_examples=None, batch_size=4, decode=None)
+  train_cfg = data_lib.DatasetConfig(task, {"inputs": 32, "targets": 6})
+  feats = {k: v for k, v in _ragged_features().items() if k != "inputs_pretokenized"}
+  dataset = tf.data.Dataset.from_tensor_slices((np.arange(11) + 100, feats))
+  fixed, bucketed = (evaluation.Evaluator(model, train_cfg, eval_cfg, by_length=b)
+                     for b in (False, True))
+  a, b = fixed.score_fn(params, dataset), bucketed.score_fn(params, dataset)
+  assert [i for i, _ in a] == [i for i, _ in b] == list(range(100, 111))
+  np.testing.assert_allclose([s for _, s in b], [s for _, s in a], rtol=1e-4, atol=1e-5)
+  assert bucketed.predict_fn(params, dataset) == fixed.predict_fn(params, dataset)
