@@ -118,7 +118,7 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     self.prompt_length = prompt_length
     self.prompt_features = tuple(prompt_features)
     self.placeholder_id = placeholder_id
-    self._truncated = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._truncated = None  # a host counter, made when packing (TF only reads data)
     # The model features this instance emits: the enc-dec ones plus the ids
     # (scalars per example, or per-token when packed).
     self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES, **{
@@ -128,13 +128,16 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
   @property
   def truncated_examples(self) -> int:
     """Examples this converter has truncated to their share of a packed row so far."""
-    return int(self._truncated.numpy())
+    return 0 if self._truncated is None else int(self._truncated.numpy())
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
     if not self.pack:
       return super()._convert_features(ds, task_feature_lengths)
     lengths = self._packed_lengths(task_feature_lengths)
+    if self._truncated is None:
+      with tf.device("/CPU:0"):
+        self._truncated = tf.Variable(0, dtype=tf.int64, trainable=False)
     ds = ds.map(lambda ex: self._reserve_prompt(ex, lengths),
                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = seqio.utils.trim_and_pack_dataset(ds, lengths, self._use_custom_packing_ops)

@@ -147,3 +147,21 @@ def test_model_loss_accepts_the_converted_packed_batch():
   np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
   assert float(metrics_p["num_tokens"]) == float(metrics_u["num_tokens"]) == sum(
       len(e.targets) for e in examples)
+
+
+def test_model_tuning_packs_through_the_converter():
+  module = T5(CONFIG)
+  tokens = np.ones((1, 2), np.int32)
+  params = module.init(jax.random.PRNGKey(2), tokens, tokens, tokens, enable_dropout=False)
+  params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params["params"],
+                                  is_leaf=lambda x: hasattr(x, "value"))
+  examples = ph.random_examples(SIZES, CONFIG.vocab_size, seed=8)
+  converter, packed = _convert(examples, pack=True, prompt_length=0)
+  _, unpacked = _convert(examples, pack=False, prompt_length=0)
+  assert packed["encoder_input_tokens"].shape[1] == 16
+  assert len(packed["encoder_input_tokens"]) < len(examples)
+  assert converter.truncated_examples == 0
+  loss_u, grad_u = ph.loss_and_grad(module, params, unpacked, trainable=None)
+  loss_p, grad_p = ph.loss_and_grad(module, params, packed, trainable=None)
+  np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
+  ph.assert_trees_close(grad_p, grad_u)
