@@ -48,7 +48,8 @@ def as_model(model: ModelLike, batch: Batch) -> Tuple[EncoderDecoderModel, dict]
 def encode(model: ModelLike, params: PyTree, batch: Batch) -> Tuple[Array, Array]:
   """Runs the encoder (prompt included): returns (encoded [B, S, D], valid [B, S])."""
   edm, flat = as_model(model, batch)
-  return models_lib.encode(edm.module, params, flat["encoder_input_tokens"], edm.prompt_inputs(flat))
+  return models_lib.encode(edm.module, params, flat["encoder_input_tokens"],
+                           edm.prompt_inputs(flat))
 
 
 def predict_batch(model: ModelLike, params: PyTree, batch: Batch, *,

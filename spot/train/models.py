@@ -134,7 +134,8 @@ def _decode_length(batch: Batch, max_decode_length: Optional[int]) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _jitted_score(model: "EncoderDecoderModel", return_intermediates: bool) -> Callable:
-  return jax.jit(functools.partial(model._score, return_intermediates=return_intermediates))  # pylint: disable=protected-access
+  score = model._score  # pylint: disable=protected-access
+  return jax.jit(functools.partial(score, return_intermediates=return_intermediates))
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,4 +1,4 @@
-"""EncoderDecoderModel owns its computation: features, loss, scores, decoding, rank classification."""
+"""EncoderDecoderModel owns its computation: features, loss, scores, decoding, ranking."""
 
 from __future__ import annotations
 
