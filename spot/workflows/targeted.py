@@ -204,6 +204,68 @@ def source_settings(base: settings_lib.TrainSettings, lib: PromptLibrary, name: 
   return settings_lib.with_prompt_init(base, lib.prompt(name))
 
 
+def _check_mode(mode: str, best_metric: Optional[str], target_task: Optional[str]) -> None:
+  if mode not in MODES:
+    raise ValueError(f"Unknown transfer mode {mode!r}; choose from {MODES}.")
+  if mode == "best_of_top_k" and not best_metric:
+    raise ValueError("best_of_top_k needs --best-metric (e.g. accuracy) to pick the best run.")
+  if mode == "mixture" and not target_task:
+    raise ValueError("mixture needs --target-task (the SeqIO task of the target).")
+
+
+def _train(run: settings_lib.TrainSettings, out: epath.Path, name: str, mode: str,
+           similarity: Optional[float], **changes: Any) -> TransferRun:
+  """One target run named `name` under `out`, labelled `spot_<mode>` for `spot report`."""
+  run = settings_lib.for_run(run, model_dir=str(out / name), method=f"spot_{mode}", **changes)
+  step, value = _best(settings_lib.run(run))
+  return TransferRun(name, similarity, str(out / name), step, value)
+
+
+def _from_init(lib: PromptLibrary, target: settings_lib.TrainSettings, ranked: Any,
+               out: epath.Path, mode: str) -> list[TransferRun]:
+  """top1 / weighted_average: one run from the retrieved (or averaged) source prompt."""
+  init = transfer.init_prompt(lib, ranked, mode)
+  with (out / f"{mode}_init.npy").open("wb") as f:  # what the run started from
+    np.save(f, init)
+  run = _train(settings_lib.with_prompt_init(target, init), out, mode, mode,
+               ranked[0][1] if mode == "top1" else None)
+  run.source = ranked[0][0] if mode == "top1" else "+".join(n for n, _ in ranked)
+  return [run]
+
+
+def _best_of_top_k(lib: PromptLibrary, target: settings_lib.TrainSettings, ranked: Any,
+                   out: epath.Path, best_metric: str) -> tuple[list[TransferRun], TransferRun]:
+  """k runs, one from each top-k source; the best on `best_metric` is chosen."""
+  runs = [_train(source_settings(target, lib, name), out, name, "best_of_top_k", score)
+          for name, score in ranked]
+  scored = [r for r in runs if r.best_value is not None]
+  if not scored:
+    raise ValueError(f"No run reported {best_metric!r}; check the metric name.")
+  chosen = max(scored, key=lambda r: r.best_value)
+  # The k runs share task, method and seed: record which one this selection
+  # chose, so `spot report` reports it instead of refusing duplicates.
+  from spot import report  # pylint: disable=g-import-not-at-top
+  for r in runs:
+    if (epath.Path(r.model_dir) / report.METRICS_FILE).exists():
+      report.mark_candidate(r.model_dir, r.source, rule="best_of_top_k", metric=best_metric,
+                            selected=r is chosen)
+  return runs, chosen
+
+
+def _mixture(lib: PromptLibrary, target: settings_lib.TrainSettings, ranked: Any,
+             out: epath.Path, target_task: str, cap: int) -> TransferRun:
+  """One run on the top-k source tasks plus the target, evaluated on the target."""
+  tasks = transfer.mixture_tasks(lib, ranked, target_task)
+  module, data_dir = data_settings(target)  # resolved as the run resolves them
+  name, rates = register_mixture(tasks, module=module, data_dir=data_dir, cap=cap)
+  run = _train(target, out, "mixture", "mixture", None,
+               train_dataset_cfg=dataclasses.replace(target.train_dataset_cfg,
+                                                     mixture_or_task_name=name),
+               eval_cfg=dataclasses.replace(target.eval_cfg, tasks=[target_task]))
+  run.source, run.rates = "+".join(tasks), rates
+  return run
+
+
 def run_transfer(lib: PromptLibrary, target: settings_lib.TrainSettings, query: np.ndarray, *,
                  mode: str, out_dir: str, model: Optional[str] = None, top_k: int = 3,
                  metric: str = "avg_tokens", best_metric: Optional[str] = None,
@@ -227,12 +289,8 @@ def run_transfer(lib: PromptLibrary, target: settings_lib.TrainSettings, query: 
     prompt_length: only sources whose prompt has this many tokens.
     mixture_cap: `mixture`: the examples-proportional limit K.
   """
-  if mode not in MODES:
-    raise ValueError(f"Unknown transfer mode {mode!r}; choose from {MODES}.")
-  if mode == "best_of_top_k" and not best_metric:
-    raise ValueError("best_of_top_k needs --best-metric (e.g. accuracy) to pick the best run.")
-  if mode == "mixture" and not target_task:
-    raise ValueError("mixture needs --target-task (the SeqIO task of the target).")
+  from spot.train import trainer  # pylint: disable=g-import-not-at-top
+  _check_mode(mode, best_metric, target_task)
   ranked = retrieval.rank(lib, query, model=model, metric=metric, top_k=top_k,
                           prompt_length=prompt_length)
   if not ranked:
@@ -240,52 +298,14 @@ def run_transfer(lib: PromptLibrary, target: settings_lib.TrainSettings, query: 
                      f"{f', prompt length {prompt_length}' if prompt_length else ''}).")
   out = epath.Path(spot_io.absolute(out_dir))
   out.mkdir(parents=True, exist_ok=True)
-  from spot.train import trainer  # pylint: disable=g-import-not-at-top
   eval_cfg = target.eval_cfg or trainer.EvalConfig()
   if best_metric:
     eval_cfg = dataclasses.replace(eval_cfg, best_metric=best_metric)
-  runs: list[TransferRun] = []
-
-  def train(name: str, similarity: Optional[float], run: settings_lib.TrainSettings,
-            **changes: Any) -> TransferRun:
-    run = settings_lib.for_run(run, model_dir=str(out / name), method=f"spot_{mode}",
-                               eval_cfg=changes.pop("eval_cfg", eval_cfg), **changes)
-    step, value = _best(settings_lib.run(run))
-    record = TransferRun(name, similarity, str(out / name), step, value)
-    runs.append(record)
-    return record
-
+  target = dataclasses.replace(target, eval_cfg=eval_cfg)
   if mode in ("top1", "weighted_average"):
-    init = transfer.init_prompt(lib, ranked, mode)
-    with (out / f"{mode}_init.npy").open("wb") as f:  # what the run started from
-      np.save(f, init)
-    chosen = train(mode, ranked[0][1] if mode == "top1" else None,
-                   settings_lib.with_prompt_init(target, init))
-    chosen.source = ranked[0][0] if mode == "top1" else "+".join(n for n, _ in ranked)
-    return runs, chosen
+    runs = _from_init(lib, target, ranked, out, mode)
+    return runs, runs[0]
   if mode == "best_of_top_k":
-    for name, score in ranked:
-      train(name, score, source_settings(target, lib, name))
-    scored = [r for r in runs if r.best_value is not None]
-    if not scored:
-      raise ValueError(f"No run reported {best_metric!r}; check the metric name.")
-    chosen = max(scored, key=lambda r: r.best_value)
-    # The k runs share task, method and seed: record which one this selection
-    # chose, so `spot report` reports it instead of refusing duplicates.
-    from spot import report  # pylint: disable=g-import-not-at-top
-    for r in runs:
-      if (epath.Path(r.model_dir) / report.METRICS_FILE).exists():
-        report.mark_candidate(r.model_dir, r.source, rule="best_of_top_k", metric=best_metric,
-                              selected=r is chosen)
-    return runs, chosen
-  # mixture: the source tasks plus the target, resolved as the run resolves them
-  tasks = transfer.mixture_tasks(lib, ranked, target_task)
-  module, data_dir = data_settings(target)
-  name, rates = register_mixture(tasks, module=module, data_dir=data_dir, cap=mixture_cap)
-  chosen = train("mixture", None, target,
-                 train_dataset_cfg=dataclasses.replace(target.train_dataset_cfg,
-                                                       mixture_or_task_name=name),
-                 eval_cfg=dataclasses.replace(eval_cfg, tasks=[target_task]))
-  chosen.source = "+".join(tasks)
-  chosen.rates = rates
-  return runs, chosen
+    return _best_of_top_k(lib, target, ranked, out, best_metric)
+  run = _mixture(lib, target, ranked, out, target_task, mixture_cap)
+  return [run], run
