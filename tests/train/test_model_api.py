@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -254,3 +256,20 @@ def test_evaluator_by_length_gives_the_fixed_shape_results(tiny):
   assert [i for i, _ in a] == [i for i, _ in b] == list(range(100, 111))
   np.testing.assert_allclose([s for _, s in b], [s for _, s in a], rtol=1e-4, atol=1e-5)
   assert bucketed.predict_fn(params, dataset) == fixed.predict_fn(params, dataset)
+
+
+def test_infer_by_length_writes_the_same_lines(tmp_path):
+  from spot.train import data as data_lib
+  import importlib
+  infer_lib = importlib.import_module("spot.train.infer")  # spot.train exports the function
+  from tests.train import helpers
+  task = helpers.register_tiny_task("test_model_api_infer", num_examples=22)
+  cfg = data_lib.DatasetConfig(task, {"inputs": 32, "targets": 3}, split="validation",
+                               batch_size=4, shuffle=False)
+  model = helpers.tiny_random_model()
+  run = lambda name, b: pathlib.Path(infer_lib.infer(
+      model=model, dataset_cfg=cfg, output_dir=str(tmp_path / name),
+      initial_checkpoint_path="random", by_length=b)).read_text().splitlines()
+  fixed, bucketed = run("fixed", False), run("bucketed", True)
+  assert len(fixed) == 11 and bucketed == fixed
+  assert [json.loads(line)["index"] for line in bucketed] == list(range(11))
