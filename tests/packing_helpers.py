@@ -34,8 +34,9 @@ def random_examples(lengths: Sequence[tuple[int, int]], vocab: int = 96, seed: i
                     num_ids: int = 3) -> list[Example]:
   """Examples with the given (inputs, targets) lengths, tokens in [2, vocab)."""
   rng = np.random.RandomState(seed)
-  return [Example(tuple(rng.randint(2, vocab, n).tolist()), tuple(rng.randint(2, vocab, m).tolist()),
-                  int(rng.randint(num_ids)), int(rng.randint(num_ids)), int(rng.randint(num_ids)))
+  tokens = lambda n: tuple(rng.randint(2, vocab, n).tolist())
+  return [Example(tokens(n), tokens(m), int(rng.randint(num_ids)), int(rng.randint(num_ids)),
+                  int(rng.randint(num_ids)))
           for n, m in lengths]
 
 
