@@ -102,10 +102,20 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     prompt_features: the prompt's id features to carry (see PROMPT_FEATURES).
     placeholder_id: the token id written at the prompt positions of a packed
       row (any nonzero id: the prompt replaces its embedding).
+    pack_window: packed only: examples are taken in windows of this many and
+      put in first-fit-decreasing order before SeqIO's in-order packing, so
+      short examples fill the room long ones leave (0 or 1: SeqIO's order).
+      The order is a function of the input order, so a resumed run still
+      builds the same rows.
+    packed_targets_length: packed only: decoder positions per row. Each
+      example's targets are still cut to TASK_FEATURE_LENGTHS["targets"]; a
+      row holds several. Default: that length times `max_segments`, so the
+      decoder does not limit how many examples share a row.
   """
 
   def __init__(self, prompt_length: int = 0, pack: bool = False,
-               prompt_features: Sequence[str] = (), placeholder_id: int = 1, **kwargs):
+               prompt_features: Sequence[str] = (), placeholder_id: int = 1,
+               pack_window: int = 64, packed_targets_length: Optional[int] = None, **kwargs):
     unknown = set(prompt_features) - set(PROMPT_FEATURES)
     if unknown:
       raise ValueError(f"Unknown prompt features {sorted(unknown)}; known: {PROMPT_FEATURES}.")
@@ -118,6 +128,11 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     self.prompt_length = prompt_length
     self.prompt_features = tuple(prompt_features)
     self.placeholder_id = placeholder_id
+    if pack_window < 0 or (packed_targets_length is not None and packed_targets_length < 1):
+      raise ValueError(f"pack_window={pack_window} must be 0 or more and packed_targets_length="
+                       f"{packed_targets_length} positive (or None for the default).")
+    self.pack_window = pack_window
+    self.packed_targets_length = packed_targets_length
     self._truncated = None  # a host counter, made when packing (TF only reads data)
     # The model features this instance emits: the enc-dec ones plus the ids
     # (scalars per example, or per-token when packed).
@@ -138,17 +153,28 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     if self._truncated is None:
       with tf.device("/CPU:0"):
         self._truncated = tf.Variable(0, dtype=tf.int64, trainable=False)
-    ds = ds.map(lambda ex: self._reserve_prompt(ex, lengths),
+    example_lengths = dict(lengths, targets=int(task_feature_lengths["targets"]))
+    ds = ds.map(lambda ex: self._reserve_prompt(ex, example_lengths),
                 num_parallel_calls=tf.data.AUTOTUNE)
+    if self.pack_window > 1:
+      ds = first_fit_order(ds, self.pack_window, lengths["inputs"])
     ds = seqio.utils.trim_and_pack_dataset(ds, lengths, self._use_custom_packing_ops)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def _packed_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
     """What SeqIO packs: the prompt-prefixed inputs, the targets and per-token ids."""
     encoder = self.encoder_length(task_feature_lengths)
-    lengths = {"inputs": encoder, "targets": int(task_feature_lengths["targets"])}
+    targets = self.packed_targets_length or (
+        int(task_feature_lengths["targets"]) * self.max_segments(task_feature_lengths))
+    lengths = {"inputs": encoder, "targets": targets}
     lengths.update({name: encoder for name in self.prompt_features})
     return lengths
+
+  def max_segments(self, task_feature_lengths: Mapping[str, int]) -> int:
+    """Segments a packed row makes decoder room for: as many examples of at
+    least 16 input tokens as fit in the encoder row, at most 16."""
+    encoder = self.encoder_length(task_feature_lengths)
+    return max(1, min(16, encoder // (self.prompt_length + 16)))
 
   def _reserve_prompt(self, features, lengths: Mapping[str, int]):
     """One example: P placeholders before the inputs, ids as per-token features
@@ -158,6 +184,8 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
     targets = features["targets"]
     too_long = tf.logical_or(tf.size(inputs) > lengths["inputs"],
                              tf.size(targets) > lengths["targets"])
+    # Each example is cut to its own share (as SeqIO trims) before a row takes several.
+    inputs, targets = inputs[:lengths["inputs"]], targets[:lengths["targets"]]
     count = self._truncated.assign_add(tf.cast(too_long, tf.int64))
     count = tf.cond(too_long, lambda: tf.py_function(_warn_truncated, [count, lengths["inputs"]],
                                                      tf.int64), lambda: count)
@@ -187,8 +215,9 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
                                 ) -> Mapping[str, int]:
     if self.pack:
       encoder = self.encoder_length(task_feature_lengths)
+      packed = self._packed_lengths(task_feature_lengths)
       lengths = dict(super().get_model_feature_lengths(
-          dict(task_feature_lengths, inputs=encoder)))
+          dict(task_feature_lengths, inputs=encoder, targets=packed["targets"])))
       lengths.update({name: encoder for name in self.prompt_features})
       return lengths
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
@@ -198,6 +227,44 @@ class PromptFeatureConverter(seqio.EncDecFeatureConverter):
   def encoder_length(self, task_feature_lengths: Mapping[str, int]) -> int:
     """Encoder positions the model sees: P + inputs (a packed row is as long)."""
     return self.prompt_length + int(task_feature_lengths["inputs"])
+
+
+def first_fit_indices(lengths: np.ndarray, row_length: int) -> np.ndarray:
+  """The order that makes in-order packing first-fit decreasing.
+
+  Examples, longest first, each go into the first row with room; the rows are
+  then emitted one after the other, so SeqIO's packer (which appends while an
+  example fits) rebuilds them (or fills them further).
+
+  Args:
+    lengths: [N] positions each example takes (prompt included).
+    row_length: positions per packed row.
+  Returns:
+    [N] int64 indices into the window.
+  """
+  bins: list[list[int]] = []
+  room: list[int] = []
+  for i in np.argsort(-np.asarray(lengths), kind="stable"):
+    need = min(int(lengths[i]), row_length)
+    for b, free in enumerate(room):
+      if need <= free:
+        bins[b].append(int(i))
+        room[b] -= need
+        break
+    else:
+      bins.append([int(i)])
+      room.append(row_length - need)
+  return np.asarray([i for b in bins for i in b], np.int64)
+
+
+def first_fit_order(ds: tf.data.Dataset, window: int, row_length: int) -> tf.data.Dataset:
+  """`ds` reordered window by window so that in-order packing fills rows first-fit."""
+  def reorder(batch):
+    lengths = batch["inputs"].row_lengths()
+    order = tf.numpy_function(lambda n: first_fit_indices(n, row_length), [lengths], tf.int64)
+    order.set_shape([None])
+    return tf.data.Dataset.from_tensor_slices({k: tf.gather(v, order) for k, v in batch.items()})
+  return ds.ragged_batch(window).flat_map(reorder)
 
 
 def _warn_truncated(count, row_length) -> int:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from spot.models import T5, get_config
 from spot.prompts import FactorizedPrompt, MultiTaskPrompt, PrefixPrompt
-from spot.train.data import PromptFeatureConverter
+from spot.train.data import PromptFeatureConverter, first_fit_indices
 from tests import packing_helpers as ph
 
 CONFIG = get_config("t5_1_1_tiny", dropout_rate=0.0).replace(
@@ -45,7 +45,8 @@ def _convert(examples, pack, prompt_length=P, lengths=LENGTHS, **kwargs):
 
 def test_packed_rows_reserve_each_examples_prompt_and_carry_its_ids():
   examples = ph.random_examples(SIZES, CONFIG.vocab_size, seed=3)
-  converter, packed = _convert(examples, pack=True)
+  # SeqIO's own order and decoder budget, so rows group consecutive examples.
+  converter, packed = _convert(examples, pack=True, pack_window=0, packed_targets_length=6)
   assert converter.encoder_length(LENGTHS) == P + 16
   assert packed["encoder_input_tokens"].shape[1] == P + 16
   assert len(packed["encoder_input_tokens"]) < len(examples)  # several examples per row
@@ -165,3 +166,42 @@ def test_model_tuning_packs_through_the_converter():
   loss_p, grad_p = ph.loss_and_grad(module, params, packed, trainable=None)
   np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
   ph.assert_trees_close(grad_p, grad_u)
+
+
+def test_first_fit_indices_order_examples_into_first_fit_decreasing_rows():
+  # Row of 12: 10 and 2 share a row, 8 and 3, and 5 is alone (first fit, longest first).
+  order = first_fit_indices(np.array([10, 3, 8, 2, 5]), 12)
+  np.testing.assert_array_equal(order, [0, 3, 2, 1, 4])
+  # An example longer than the row takes a row of its own (it is truncated to it).
+  np.testing.assert_array_equal(first_fit_indices(np.array([30, 4, 4]), 12), [0, 1, 2])
+
+
+def test_the_first_fit_window_fills_rows_seqio_order_leaves_part_empty():
+  sizes = [(13, 2), (2, 1), (13, 2), (2, 1), (13, 2), (2, 1)]  # 16 + 5 per pair with P = 3
+  examples = ph.random_examples(sizes, CONFIG.vocab_size, seed=6)
+  _, in_order = _convert(examples, pack=True, pack_window=0)
+  _, first_fit = _convert(examples, pack=True)
+  real = lambda b: float(np.mean(b["encoder_segment_ids"] > 0))
+  assert len(first_fit["encoder_input_tokens"]) < len(in_order["encoder_input_tokens"])
+  assert real(first_fit) > real(in_order)
+  # Every example is still there once: the same multiset of segment lengths.
+  lengths = lambda b: sorted(int(n) for row in b["encoder_segment_ids"]
+                             for n in np.bincount(row)[1:] if n)
+  assert lengths(first_fit) == lengths(in_order) == sorted(P + i for i, _ in sizes)
+
+
+def test_the_packed_decoder_row_makes_room_for_several_examples_targets():
+  converter = PromptFeatureConverter(P, pack=True)
+  lengths = {"inputs": 64, "targets": 6}
+  assert converter.max_segments(lengths) == (P + 64) // (P + 16)
+  model_lengths = converter.get_model_feature_lengths(lengths)
+  assert model_lengths["decoder_target_tokens"] == 6 * converter.max_segments(lengths)
+  # Each example's targets are still cut to TASK_FEATURE_LENGTHS["targets"].
+  examples = ph.random_examples([(4, 9), (4, 2)], CONFIG.vocab_size, seed=7)
+  conv = PromptFeatureConverter(P, pack=True, prompt_features=FEATURES,
+                                apply_length_check=False)
+  rows = list(conv(_dataset(examples), lengths).as_numpy_iterator())
+  seg = rows[0]["decoder_segment_ids"]
+  assert int(np.sum(seg == 1)) == 6 and int(np.sum(seg == 2)) == 2
+  assert PromptFeatureConverter(P, pack=True, packed_targets_length=10).get_model_feature_lengths(
+      lengths)["decoder_target_tokens"] == 10
