@@ -518,14 +518,16 @@ class Partitioner:
 
   def __enter__(self):
     # jax.set_mesh (not the deprecated `with mesh:`) is what makes flax's
-    # logical constraints inside the model take effect.
-    self._ctx = [jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)]
-    for c in self._ctx:
+    # logical constraints inside the model take effect. A stack, so a partitioned
+    # function called inside `with partitioner:` (the trainer's loop) nests.
+    ctx = [jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)]
+    for c in ctx:
       c.__enter__()
+    self.__dict__.setdefault("_ctx_stack", []).append(ctx)
     return self
 
   def __exit__(self, *exc):
-    for c in reversed(self._ctx):
+    for c in reversed(self.__dict__["_ctx_stack"].pop()):
       c.__exit__(*exc)
     return False
 
