@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spot import errors
+from spot.checkpoints import run_dir
 
 Array = Any
 Initializer = Callable[[jax.Array, Sequence[int]], jax.Array]
@@ -144,7 +145,7 @@ def load_npy(path: str) -> np.ndarray:
   if not p.exists():
     raise errors.MissingInputError(
         f"Prompt file {path} does not exist; pass the path of a .npy file or of a "
-        "numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.prompt file.")
+        f"numpy_checkpoints/checkpoint_N/{run_dir.PROMPT_FILE} file.")
   try:
     with p.open("rb") as f:
       is_npy = f.read(6) == b"\x93NUMPY"
@@ -176,7 +177,7 @@ def from_npy(path: str) -> Initializer:
 
 
 def from_t5x(checkpoint_path: str,
-             variable_path: str = "encoder/prompt/prompt/prompt") -> Initializer:
+             variable_path: str = run_dir.PROMPT_VARIABLE) -> Initializer:
   """From one variable of a T5X checkpoint, read without loading the rest."""
 
   def read():

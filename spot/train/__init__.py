@@ -3,7 +3,9 @@
 The public API, as users call it:
 
   train(...)                 the training loop (`spot train`), returns a TrainResult
-  evaluate(...), infer(...)  SeqIO metrics of a run or prompt; predictions as JSONL
+  run_eval(...), run_infer(...)  SeqIO metrics of a run or prompt; predictions as JSONL
+                             (`spot eval` / `spot infer`; the modules spot.train.evaluate
+                             and spot.train.infer keep their own names)
   EncoderDecoderModel        the model: loss_fn, predict_batch, score_batch
   DatasetConfig              a SeqIO task or mixture, lengths, batch size
   CheckpointConfig, EvalConfig, RunSummary   run settings; what metrics writers receive
@@ -11,7 +13,7 @@ The public API, as users call it:
   EarlyStopping              best-evaluation tracking and patience
   RunCheckpointer            a run's orbax checkpoints
 
-Names that need SeqIO and TensorFlow (train, evaluate, infer, DatasetConfig)
+Names that need SeqIO and TensorFlow (train, run_eval, run_infer, DatasetConfig)
 are imported on first use, so `import spot.train` stays light.
 """
 
@@ -28,19 +30,19 @@ from spot.train.train_state import TrainState, init_state, state_shardings
 _LAZY = {
     "train": ("spot.train.trainer", "train"),
     "TrainResult": ("spot.train.trainer", "TrainResult"),
-    "evaluate": ("spot.train.evaluate", "evaluate"),
-    "infer": ("spot.train.infer", "infer"),
+    "run_eval": ("spot.train.evaluate", "evaluate"),
+    "run_infer": ("spot.train.infer", "infer"),
     "DatasetConfig": ("spot.train.data", "DatasetConfig"),
     "RunCheckpointer": ("spot.train.checkpointing", "RunCheckpointer"),
 }
 
 __all__ = ["CheckpointConfig", "DatasetConfig", "EarlyStopping", "EncoderDecoderModel",
            "EvalConfig", "RunCheckpointer", "RunSummary", "TrainResult", "TrainState",
-           "evaluate", "infer", "init_state", "state_shardings", "train"]
+           "init_state", "run_eval", "run_infer", "state_shardings", "train"]
 
 
 def __getattr__(name: str) -> Any:
-  """Imports `train`, `evaluate`, `infer`, ... on first use (they pull in SeqIO)."""
+  """Imports `train`, `run_eval`, `run_infer`, ... on first use (they pull in SeqIO)."""
   if name not in _LAZY:
     raise AttributeError(f"module 'spot.train' has no attribute {name!r}")
   module, attr = _LAZY[name]

@@ -23,7 +23,6 @@ full disk never leaves half a file in place of a whole one.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -34,16 +33,27 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import traverse_util
 
 from spot import errors
 from spot import io as spot_io
+from spot.checkpoints import run_dir
 from spot.train.train_state import TrainState
 
 logger = logging.getLogger(__name__)
 
-COMMIT_MARKER = "commit_success.txt"
-NUMPY_DIR = "numpy_checkpoints"
+# The run-directory layout (names, committed steps, the numpy prompt export) is
+# spot.checkpoints.run_dir's; the trainer, the library and `spot report` share it.
+COMMIT_MARKER = run_dir.COMMIT_MARKER
+NUMPY_DIR = run_dir.NUMPY_DIR
+is_committed = run_dir.is_committed
+incomplete_steps = run_dir.incomplete_steps
+numpy_step_dir = run_dir.numpy_step_dir
+numpy_steps = run_dir.numpy_steps
+has_prompt_numpy = run_dir.has_prompt_numpy
+save_prompt_numpy = run_dir.save_prompt_numpy
+remove_stale_exports = run_dir.remove_stale_exports
+remove_numpy_after = run_dir.remove_numpy_after
+latest_numpy_prompt = run_dir.latest_numpy_prompt
 
 
 # Atomic writes live in spot.io; these names stay for the trainer and eval.
@@ -53,14 +63,8 @@ write_text_atomic = spot_io.write_text_atomic
 write_json_atomic = spot_io.write_json_atomic
 
 
-def _npy_bytes(array: Any) -> bytes:
-  buf = io.BytesIO()
-  np.save(buf, np.asarray(array))
-  return buf.getvalue()
-
-
 def save_numpy_atomic(path: epath.PathLike, array: np.ndarray) -> None:
-  write_bytes_atomic(path, _npy_bytes(array))
+  write_bytes_atomic(path, run_dir._npy_bytes(array))  # pylint: disable=protected-access
 
 
 def check_writable(model_dir: str) -> None:
@@ -83,13 +87,6 @@ def check_writable(model_dir: str) -> None:
         "another MODEL_DIR.") from e
 
 
-def is_committed(step_dir: epath.PathLike) -> bool:
-  """Whether an orbax step folder is whole: its commit marker and both items are there."""
-  step_dir = epath.Path(step_dir)
-  return ((step_dir / COMMIT_MARKER).exists() and (step_dir / "state").is_dir()
-          and (step_dir / "meta").is_dir())
-
-
 @dataclasses.dataclass(frozen=True)
 class _CommittedSteps:
   """orbax's standard step names (`<step>/`), listing only committed step folders."""
@@ -107,15 +104,6 @@ class _CommittedSteps:
     if not is_committed(found.path):
       raise ValueError(f"Step folder {found.path} has no {COMMIT_MARKER}: not committed.")
     return found
-
-
-def incomplete_steps(root: epath.PathLike) -> list[epath.Path]:
-  """Step-named folders under `root` (`checkpoints/` or `best/`) that are not committed."""
-  root = epath.Path(root)
-  if not root.is_dir():
-    return []
-  return sorted((p for p in root.iterdir() if p.name.isdigit() and p.is_dir()
-                 and not is_committed(p)), key=lambda p: int(p.name))
 
 
 def _unreadable(path: epath.Path, e: BaseException) -> errors.DataError:
@@ -240,107 +228,3 @@ class RunCheckpointer:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
-
-
-def numpy_step_dir(model_dir: str, step: int) -> epath.Path:
-  return epath.Path(model_dir) / NUMPY_DIR / f"checkpoint_{step}"
-
-
-def numpy_steps(model_dir: str) -> list[int]:
-  """Steps with a numpy export, ascending."""
-  root = epath.Path(model_dir) / NUMPY_DIR
-  if not root.exists():
-    return []
-  return sorted(int(p.name.split("_")[-1]) for p in root.glob("checkpoint_*")
-                if p.name.split("_")[-1].isdigit())
-
-
-def _numpy_arrays(trainable: Mapping[str, Any], pattern: str) -> dict[str, np.ndarray]:
-  flat = traverse_util.flatten_dict(dict(trainable), sep=".")
-  return {k: np.asarray(jax.device_get(v)) for k, v in flat.items() if pattern in k}
-
-
-def has_prompt_numpy(model_dir: str, step: int, trainable: Mapping[str, Any],
-                     pattern: str = "prompt") -> bool:
-  """Whether `checkpoint_<step>` holds every file `save_prompt_numpy` would write."""
-  names = [k for k in traverse_util.flatten_dict(dict(trainable), sep=".") if pattern in k]
-  final = numpy_step_dir(model_dir, step)
-  return all((final / n).exists() and (final / f"{n}.npy").exists() for n in names)
-
-
-def save_prompt_numpy(model_dir: str, step: int, trainable: Mapping[str, Any],
-                      pattern: str = "prompt") -> list[str]:
-  """Writes every trainable array whose path contains `pattern` as numpy.
-
-  File names are the '/'-joined parameter path with '.' (prompt-tuning's
-  `encoder.prompt.prompt.prompt`), into `numpy_checkpoints/checkpoint_<step>`,
-  written in a temporary directory and renamed so a reader never sees half.
-  An existing export of the step is moved aside first and removed last; a kill
-  in between leaves `.checkpoint_<step>.*` folders that `remove_stale_exports`
-  clears (or, for a moved-aside export with no replacement, restores) on the
-  next start.
-  """
-  if jax.process_index() != 0:
-    return []
-  chosen = _numpy_arrays(trainable, pattern)
-  if not chosen:
-    return []
-  final = numpy_step_dir(model_dir, step)
-  root = final.parent
-  tag = f"{os.getpid()}.{secrets.token_hex(4)}"
-  tmp = root / f".checkpoint_{step}.tmp{tag}"
-  tmp.mkdir(parents=True)
-  for name, value in chosen.items():
-    data = _npy_bytes(value)
-    (tmp / name).write_bytes(data)
-    (tmp / f"{name}.npy").write_bytes(data)
-  old = root / f".checkpoint_{step}.old{tag}"
-  if final.exists():
-    final.rename(old)
-  tmp.rename(final)
-  if old.exists():
-    old.rmtree()
-  return sorted(os.fspath(final / n) for n in chosen)
-
-
-def remove_stale_exports(model_dir: str) -> list[str]:
-  """Removes what killed writers left: `.checkpoint_*.tmp*`/`.old*` folders, `.*.tmp*` files."""
-  removed = []
-  root = epath.Path(model_dir)
-  for p in list((root / NUMPY_DIR).glob(".checkpoint_*")) if (root / NUMPY_DIR).exists() else []:
-    if ".old" in p.name and p.is_dir():
-      # A kill between moving the old export aside and renaming the new one in:
-      # the old export is the only copy, so it goes back.
-      final = root / NUMPY_DIR / p.name[1:].split(".old", 1)[0]
-      if not final.exists():
-        p.rename(final)
-        continue
-    if ".tmp" in p.name or ".old" in p.name:
-      p.rmtree() if p.is_dir() else p.unlink()
-      removed.append(os.fspath(p))
-  for p in list(root.glob(".*.tmp*")) if root.exists() else []:
-    if p.is_file() and not p.name.startswith(".spot-write-probe"):
-      p.unlink()
-      removed.append(os.fspath(p))
-  return removed
-
-
-def remove_numpy_after(model_dir: str, step: int) -> list[int]:
-  """Removes numpy exports of steps after `step` (a killed run's, to be redone on resume)."""
-  if jax.process_index() != 0:
-    return []
-  gone = [s for s in numpy_steps(model_dir) if s > step]
-  for s in gone:
-    numpy_step_dir(model_dir, s).rmtree()
-  return gone
-
-
-def latest_numpy_prompt(model_dir: str, name: str = "encoder.prompt.prompt.prompt") -> np.ndarray:
-  """The prompt of the newest numpy checkpoint of a run."""
-  steps = numpy_steps(model_dir)
-  if not steps:
-    raise errors.MissingInputError(
-        f"No {NUMPY_DIR}/checkpoint_<step> under {model_dir}; train with "
-        "CheckpointConfig.save_numpy or check the path.")
-  with (numpy_step_dir(model_dir, steps[-1]) / name).open("rb") as f:
-    return np.load(f)

@@ -36,6 +36,8 @@ class DatasetConfig:
       tasks read the local files found there instead of TFDS.
     vocabulary: the model's vocabulary (SPM_PATH); spot's tasks tokenize with
       it, so the model and the data never disagree. None keeps each task's.
+    pack: several examples per row, each with its own prompt (PACK; T5X's
+      DatasetConfig.pack). `batch_size` then counts rows, as in T5X.
   """
 
   mixture_or_task_name: str
@@ -48,6 +50,7 @@ class DatasetConfig:
   module: Optional[str] = None
   data_dir: DataDir = None
   vocabulary: Optional[seqio.Vocabulary] = None
+  pack: bool = False
 
   def __post_init__(self):
     check_feature_lengths(self.task_feature_lengths)

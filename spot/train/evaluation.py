@@ -153,7 +153,7 @@ class Evaluator:
 
   def __init__(self, model: EncoderDecoderModel, train_cfg: data_lib.DatasetConfig,
                eval_cfg: Any, partitioner: Any = None, model_dir: Optional[str] = None,
-               by_length: bool = False):
+               by_length: bool = True):
     self.model, self.cfg, self.partitioner = model, eval_cfg, partitioner
     self.by_length = by_length
     names = list(eval_cfg.tasks or eval_task_names(train_cfg.mixture_or_task_name,

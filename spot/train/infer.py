@@ -50,7 +50,7 @@ def infer(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig, ou
           use_best: bool = False, num_examples: Optional[int] = None,
           decode: Optional[Mapping[str, Any]] = None, max_decode_length: Optional[int] = None,
           seed: int = 0, partitioner: Optional[partitioning_lib.Partitioner] = None,
-          gin_config: Optional[str] = None, by_length: bool = False) -> str:
+          gin_config: Optional[str] = None, by_length: bool = True) -> str:
   """Writes `output_dir/inference/<task>-<split>.jsonl` and returns its path.
 
   Without `dataset_cfg.task_feature_lengths` (TASK_FEATURE_LENGTHS), the

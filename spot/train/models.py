@@ -287,8 +287,12 @@ class EncoderDecoderModel:
     loss, z_part, num_tokens = losses.cross_entropy(
         logits, targets, weights, self.label_smoothing, self.z_loss, self.loss_normalizing_factor)
     correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+    if "decoder_segment_ids" in batch:  # packed: a row holds segments 1..n
+      num_examples = jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1)).astype(jnp.float32)
+    else:
+      num_examples = jnp.asarray(targets.shape[0], jnp.float32)
     return loss, {"loss": loss, "z_loss": z_part, "num_tokens": num_tokens, "correct": correct,
-                  "num_examples": jnp.asarray(targets.shape[0], jnp.float32)}
+                  "num_examples": num_examples}
 
   loss = loss_fn  # the name the trainer used before `loss_fn`
 

@@ -46,6 +46,7 @@ from flax import traverse_util
 from spot import errors
 from spot import io as spot_io
 from spot import partitioning as partitioning_lib
+from spot.prompts import modules as prompt_modules
 from spot.train import checkpointing, optimizers, progress, trainable as trainable_lib
 from spot.train import state as state_lib
 from spot.train import train_state as train_state_lib
@@ -375,7 +376,7 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   initial_checkpoint_path = _absolute_checkpoint(initial_checkpoint_path)
   run_meta = _run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seed)
   # 1. Check all that is cheap to check; model_dir does not change until this passes.
-  _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg)
+  _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg, model)
   _check_base_checkpoint(model, initial_checkpoint_path)
   latest, resume_meta = _check_model_dir(model_dir, run_meta)
   # 2. Now the run may change model_dir: config, and what killed writers left behind.
@@ -455,6 +456,7 @@ def _run_meta(model: EncoderDecoderModel, cfg: Any, trainable: Union[str, Sequen
       "task": cfg.mixture_or_task_name,
       "task_feature_lengths": dict(cfg.task_feature_lengths),
       "batch_size": cfg.batch_size,
+      "pack": bool(getattr(cfg, "pack", False)),
       "seed": seed,
   }
 
@@ -546,7 +548,7 @@ def _evaluator(model: EncoderDecoderModel, cfg: Any, eval_cfg: Optional[EvalConf
 def _train_data(data_lib: Any, model: EncoderDecoderModel, cfg: Any,
                 partitioner: partitioning_lib.Partitioner, start_step: int) -> Iterator[dict]:
   """This host's batches from `start_step` on (data order is a function of seed and step)."""
-  converter = data_lib.PromptFeatureConverter(model.prompt_length,
+  converter = data_lib.PromptFeatureConverter(model.prompt_length, pack=cfg.pack,
                                                prompt_features=model.prompt_input_names)
   # Hosts of one model-parallel group read the same shard (T5X's DataLayout).
   layout = partitioner.data_layout(cfg.batch_size)
@@ -583,8 +585,15 @@ class TrainResult:
 
 
 def _check_settings(data_lib: Any, cfg: Any, num_microbatches: int,
-                    eval_cfg: Optional[EvalConfig]) -> None:
+                    eval_cfg: Optional[EvalConfig], model: EncoderDecoderModel) -> None:
   """Cheap checks of the run's settings; raises UsageError naming the setting."""
+  if getattr(cfg, "pack", False) and model.prompt is not None:
+    prompt = model.prompt()
+    if not prompt_modules.supports_packing(prompt):
+      raise errors.ConfigError(
+          f"PACK=True, but the prompt {type(prompt).__name__} cannot write a prompt per packed "
+          "segment; use --gin.PACK=False (or a PrefixPrompt, MultiTaskPrompt or "
+          "FactorizedPrompt).")
   if cfg.batch_size % max(num_microbatches, 1):
     raise errors.UsageError(f"BATCH_SIZE {cfg.batch_size} is not divisible by "
                             f"num_microbatches {num_microbatches}; choose a multiple.")
@@ -636,6 +645,12 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
         f"PROMPT_LENGTH={given_len} does not match the prompt of length {saved_len} saved in "
         f"MODEL_DIR {model_dir} (step {step}); resume with PROMPT_LENGTH={saved_len} or use a "
         "new MODEL_DIR.")
+  saved_pack, given_pack = meta.get("pack"), run_meta.get("pack")
+  if saved_pack is not None and saved_pack != given_pack:
+    raise errors.UsageError(
+        f"PACK={given_pack} but MODEL_DIR {model_dir} was trained with PACK={saved_pack} "
+        f"(step {step}): its batches, and so the resumed data order, differ; resume with "
+        f"PACK={saved_pack} or use a new MODEL_DIR.")
   shapes = meta.get("trainable_shapes")
   if shapes is not None:
     for path, shape in run_meta["trainable_shapes"].items():
