@@ -24,6 +24,7 @@ SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "library": ("spot.workflows.cli", "the prompt library: add, list, show, query, ..."),
     "xgen": ("spot.xgen.cli", "xGen scoring (SP-ROUGE, LID, ASCII) and reports"),
     "report": ("spot.report", "turn finished runs into the papers' tables"),
+    "study": ("spot.workflows.study_cli", "the transferability study: run, plan, report"),
     "demo": ("spot.demo", "the end-to-end demo on a tiny model, on CPU"),
     "checkpoint": ("spot.checkpoints.cli", "inspect or convert T5X / Hugging Face checkpoints"),
 }
