@@ -27,6 +27,7 @@ SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("spot.workflows.study_cli", "the transferability study: run, plan, report"),
     "demo": ("spot.demo", "the end-to-end demo on a tiny model, on CPU"),
     "checkpoint": ("spot.checkpoints.cli", "inspect or convert T5X / Hugging Face checkpoints"),
+    "serve": ("spot.serve.cli", "serve every library prompt on one frozen model over HTTP"),
 }
 T5X_COMMANDS = ("train", "eval", "infer")
 
