@@ -1,0 +1,220 @@
+"""The transferability study: its plan, resumption, bad input, and a report whose tables
+agree with each other (a tiny study, 3 sources x 2 targets x 2 seeds, end to end with
+a stand-in trainer that writes what the trainer writes; the real one is the journey)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from spot import errors
+from spot.workflows import settings as settings_lib
+from spot.workflows import study as study_lib
+from spot.workflows import study_report
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SOURCES = ("sst", "topic", "add")
+TARGETS = ("sst_b", "add")  # "add" is also a source: never its own candidate
+CKPT = "/checkpoints/base/checkpoint_3"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+  prompt: object = functools.partial(dict, prompt_init=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+  mixture_or_task_name: str = "unused"
+  seed: int = 0
+
+
+def _base(checkpoint: str = CKPT) -> settings_lib.TrainSettings:
+  return settings_lib.TrainSettings(model=_Model(), train_dataset_cfg=_Data(), model_dir="unused",
+                                    train_steps=1, initial_checkpoint_path=checkpoint)
+
+
+def _spec(**changes) -> study_lib.StudySpec:
+  kw = dict(sources=SOURCES, targets=TARGETS, seeds=(0, 1), source_steps=4, target_steps=4,
+            embedding_step=2, top_ks=(1, 2), weighted_k=2)
+  kw.update(changes)
+  return study_lib.StudySpec(**kw)
+
+
+def _unit(text: str) -> float:
+  return (zlib.crc32(text.encode()) % 10_000) / 10_000
+
+
+class FakeTrainer:
+  """Writes what a finished run leaves: numpy prompts, a committed checkpoint, run.json,
+  metrics.json. The score of a run is a fixed function of its model_dir."""
+
+  def __init__(self, fail_at: int = -1):
+    self.calls, self.fail_at = [], fail_at
+
+  def __call__(self, s: settings_lib.TrainSettings) -> None:
+    from spot import report
+    from spot.checkpoints import run_dir
+    if len(self.calls) == self.fail_at:
+      raise KeyboardInterrupt("killed")
+    self.calls.append(s.model_dir)
+    task = s.train_dataset_cfg.mixture_or_task_name
+    rng = np.random.RandomState(zlib.crc32(task.encode()))
+    for step in range(s.checkpoint_cfg.period, s.train_steps + 1, s.checkpoint_cfg.period):
+      folder = run_dir.numpy_step_dir(s.model_dir, step)
+      folder.mkdir(parents=True)
+      prompt = rng.normal(size=(4, 8)).astype(np.float32)
+      with (folder / run_dir.PROMPT_FILE).open("wb") as f:
+        np.save(f, prompt)
+    final = run_dir.step_dir(s.model_dir, s.train_steps)
+    for item in (run_dir.STATE_ITEM, run_dir.META_ITEM):
+      (final / item).mkdir(parents=True)
+    (final / run_dir.COMMIT_MARKER).write_text("ok")
+    run_dir.write_run_json(s.model_dir, {"base_checkpoint": s.initial_checkpoint_path})
+    run_id = s.model_dir.split("/study/", 1)[1]
+    score = 20 + 70 * _unit(run_id.rsplit("/", 1)[0]) + 5 * _unit(run_id)
+    report.write_run_metrics(s.model_dir, task, s.method, s.seed, {"accuracy": score,
+                                                                   "f1": score - 2})
+
+
+def _run(tmp_path, spec=None, trainer=None, **kw):
+  trainer = trainer or FakeTrainer()
+  lines = []
+  study_lib.run_study(_base(kw.pop("checkpoint", CKPT)), spec or _spec(), str(tmp_path / "study"),
+                      log=lines.append, train=trainer, **kw)
+  return trainer, lines
+
+
+def test_the_plan_has_every_run_once_and_no_self_transfer():
+  runs = study_lib.plan_runs(_spec())
+  ids = [r.run_id for r in runs]
+  assert len(ids) == len(set(ids)) == 3 * 2 + 2 * 2 + (2 + 3 + 2) * 2
+  assert "transfers/add__add/seed0" not in ids and "transfers/add__sst_b/seed1" in ids
+  assert max(i for i, r in enumerate(runs) if r.stage == 0) < min(
+      i for i, r in enumerate(runs) if r.stage == 1)  # sources and baselines first
+  assert _spec().excluded() == ["add"] and _spec().candidates("add") == ("sst", "topic")
+  lines = study_lib.plan_commands(_spec(), "/s", fmt="jsonl")
+  first_transfer = next(json.loads(x) for x in lines if "transfers/" in x)
+  assert first_transfer["needs"] == [f"sources/{first_transfer['run_id'].split('/')[1].split('__')[0]}/seed0"]
+  assert study_lib.plan_commands(_spec(), "/s")[0] == "spot study run --dir /s --only sources/sst/seed0"
+
+
+def test_a_tiny_study_end_to_end_tables_agree(tmp_path):
+  trainer, lines = _run(tmp_path)
+  assert len(trainer.calls) == 24
+  assert lines[-1].startswith("[study 24/24 ETA 0m00s]")
+  r = study_report.write_report(tmp_path / "study")
+  assert r["missing"] == [] and r["excluded"] == ["add"]
+  assert study_report.check_consistency(r) == []
+  ret = r["retrieval"]
+  assert ret["ks"] == [1, 2, 3]
+  rows = ret["rows"]
+  oracle = rows["oracle"]["value"]["mean"]
+  assert rows["best_of_top_1"]["value"]["mean"] <= rows["best_of_top_2"]["value"]["mean"] <= oracle
+  assert rows["best_of_top_3"]["value"] == rows["oracle"]["value"]
+  assert rows["baseline"]["value"]["n"] == 2 and not rows["weighted_average"]["partial"]
+  # One transfer recomputed by hand: the mean of accuracy and f1, RER from the means.
+  scores = [json.loads((tmp_path / "study" / f"transfers/topic__sst_b/seed{k}/metrics.json")
+                       .read_text())["scores"] for k in (0, 1)]
+  base = [json.loads((tmp_path / "study" / f"baselines/sst_b/seed{k}/metrics.json")
+                     .read_text())["scores"] for k in (0, 1)]
+  t_mean = np.mean([np.mean(list(s.values())) for s in scores])
+  b_mean = np.mean([np.mean(list(s.values())) for s in base])
+  cell = r["grid"]["sst_b"]["sources"]["topic"]
+  assert cell["score"]["mean"] == pytest.approx(t_mean)
+  assert cell["rer"] == pytest.approx(((100 - b_mean) - (100 - t_mean)) / (100 - b_mean))
+  # Retrieval ranks by the embeddings on disk.
+  ranked = study_lib.ranking(tmp_path / "study", _spec(), "sst_b")
+  emb = {t: np.load(tmp_path / "study" / "embeddings" / f"{t}.npy") for t in SOURCES + ("sst_b",)}
+  from spot.library import similarity
+  assert [n for n, _ in ranked] == sorted(SOURCES, key=lambda s: -similarity.avg_tokens(
+      emb["sst_b"], emb[s]))
+  top1 = r["retrieval"]["rows"]["best_of_top_1"]["per_target"]["sst_b"]
+  collected = study_report.collect(tmp_path / "study")
+  assert top1[0] == collected.score(f"transfers/{ranked[0][0]}__sst_b/seed0")
+  for name in ("report.md", "results.json", "plots/rer_heatmap.png",
+               "plots/similarity_per_token_sst_b.png"):
+    assert (tmp_path / "study" / "report" / name).exists()
+  assert json.loads((tmp_path / "study" / "report" / "results.json").read_text())["grid"]
+
+
+def test_a_killed_study_resumes_and_a_rerun_trains_nothing(tmp_path):
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, trainer=FakeTrainer(fail_at=7))
+  trainer, lines = _run(tmp_path)
+  assert len(trainer.calls) == 24 - 7
+  assert lines[0].startswith("[study 7/24 ETA ?] 7 of 24 run(s) already finished")
+  again, _ = _run(tmp_path)
+  assert again.calls == []
+  only, _ = _run(tmp_path, only=["transfers/sst__add/seed1"])
+  assert only.calls == []  # finished
+  with pytest.raises(errors.UnknownNameError, match="plan"):
+    _run(tmp_path, only=["transfers/add__add/seed0"])
+
+
+def test_a_partial_study_reports_what_is_missing(tmp_path):
+  _run(tmp_path)
+  (tmp_path / "study" / "transfers/topic__sst_b/seed1/metrics.json").unlink()
+  r = study_report.write_report(tmp_path / "study")
+  assert r["missing"] == ["transfers/topic__sst_b/seed1"]
+  assert r["grid"]["sst_b"]["partial"] and not r["grid"]["add"]["partial"]
+  assert r["grid"]["sst_b"]["sources"]["topic"]["score"]["n"] == 1
+  assert r["retrieval"]["rows"]["oracle"]["partial"]
+  assert 1 not in r["retrieval"]["rows"]["oracle"]["per_target"]["sst_b"]  # seed 1 left out
+  assert study_report.check_consistency(r) == []
+  md = (tmp_path / "study" / "report" / "report.md").read_text()
+  assert "**Partial report**: 1 run(s) not finished: `transfers/topic__sst_b/seed1`" in md
+
+
+def test_bad_input(tmp_path):
+  _run(tmp_path, spec=_spec(seeds=(0,), weighted_k=0))
+  with pytest.raises(errors.ConfigError, match=r"sources/sst/seed0 \(/checkpoints/base"):
+    _run(tmp_path, spec=_spec(seeds=(0,), weighted_k=0), checkpoint="/other/checkpoint_9")
+  with pytest.raises(errors.ConfigError, match="seeds"):
+    _run(tmp_path, spec=_spec(seeds=(0, 1), weighted_k=0))
+  with pytest.raises(errors.ConfigError, match="no source other than itself"):
+    _spec(sources=("add",), targets=("add",))
+  with pytest.raises(errors.ConfigError, match="embedding_step"):
+    _spec(embedding_step=9)
+  with pytest.raises(errors.ConfigError, match="repeat"):
+    _spec(sources=("a", "a"))
+  with pytest.raises(errors.MissingInputError, match="not a study directory"):
+    study_lib.read_spec(tmp_path / "nowhere")
+
+
+def test_rer_and_the_paper_headline_numbers():
+  # SPoT: baseline 74.7, oracle 80.7, best of top-3 77.5 (of 16 sources).
+  assert study_report.rer(74.7, 80.7) == pytest.approx((25.3 - 19.3) / 25.3)
+  assert study_report.rer(80.0, 70.0) == pytest.approx(-0.5)
+  assert study_report.rer(100.0, 90.0) is None
+  e = study_report.eliminated_fraction(74.7, 80.7, {1: 76.0, 3: 80.2, 6: 80.5}, 16)
+  assert e["k"] == 3 and e["fraction"] == pytest.approx(13 / 16)
+  assert e["gain_kept"] == pytest.approx(5.5 / 6.0)
+  assert study_report.eliminated_fraction(74.7, 80.7, {1: 76.0}, 16) is None
+  assert study_report.eliminated_fraction(80.0, 80.0, {1: 80.0}, 16) is None
+  p = study_report.pearson([0.1, 0.2, 0.3, 0.4], [1.0, 2.1, 2.9, 4.2])
+  expected = np.corrcoef([0.1, 0.2, 0.3, 0.4], [1.0, 2.1, 2.9, 4.2])[0, 1]
+  assert p["r"] == pytest.approx(expected) and 0 < p["p"] < 0.01 and p["n"] == 4
+  assert study_report.pearson([0.1, 0.2], [1.0, 2.0]) is None
+  assert study_report.best_of_top_k(["a", "b", "c"], {"a": 50.0, "b": 70.0, "c": 90.0}, 2) == 70.0
+
+
+def test_the_command_line_plan_writes_the_study_and_report_needs_one(tmp_path, capsys):
+  from spot.workflows import study_cli
+  d = str(tmp_path / "s")
+  args = ["plan", "--dir", d, "--source", "a", "--source", "b", "--target", "c",
+          "--seeds", "0,1", "--source-steps", "4", "--target-steps", "4", "--embedding-step",
+          "2", "--", "--gin_file=x.gin"]
+  assert study_cli.main(args) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2 * 2 + 1 * 2 + 2 * 2 + 1 * 2
+  assert study_lib.read_spec(d).train_flags == ("--gin_file=x.gin",)
+  assert study_cli.main(["plan", "--dir", d]) == 0  # the study's own settings
+  assert capsys.readouterr().out.strip().splitlines() == lines
+  with pytest.raises(errors.UsageError, match="--source TASK and --target TASK"):
+    study_cli.main(["plan", "--dir", str(tmp_path / "t"), "--source", "a", "--", "--x"])
