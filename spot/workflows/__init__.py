@@ -1,4 +1,5 @@
-"""Multi-run recipes above training: task embeddings, targeted transfer, the SPoT workflow.
+"""Multi-run recipes above training: task embeddings, targeted transfer, the SPoT workflow,
+the transferability study.
 
     from spot import workflows
 
@@ -6,6 +7,8 @@
     embedding = workflows.compute_task_embedding(target, steps=1000)
     runs, chosen = workflows.run_transfer(lib, target, embedding, mode="top1",
                                           out_dir="/tmp/transfer")
+    workflows.run_study(target, workflows.StudySpec(sources=..., targets=...), "/tmp/study")
+    workflows.write_report("/tmp/study")   # report.md, results.json, plots/
 
 Recipes take a `TrainSettings` (the keyword arguments of `spot.train.trainer.train`,
 parsed once from gin at the edge) and derive each run with `dataclasses.replace`.
@@ -24,6 +27,8 @@ _EXPORTS = {
     "spot.workflows.settings": ("TrainSettings", "for_run", "from_flags", "from_parsed_gin",
                                 "run", "with_prompt_init"),
     "spot.workflows.spot_transfer": ("RunRecord", "SpotWorkflow", "Suite", "TargetOutcome"),
+    "spot.workflows.study": ("StudyRun", "StudySpec", "plan_commands", "plan_runs", "run_study"),
+    "spot.workflows.study_report": ("check_consistency", "collect", "write_report"),
     "spot.workflows.targeted": ("MODES", "TransferRun", "mixture_name", "register_mixture",
                                 "run_transfer"),
 }
