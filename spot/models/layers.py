@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,21 +68,42 @@ class RMSNorm(nn.Module):
     return y * jnp.asarray(scale, self.dtype)
 
 
+# Builds a parameter-efficient module for one projection from its kernel's
+# logical axes (spot.peft's methods); see `Dense.adapter`.
+AdapterFactory = Callable[[tuple[str, str]], nn.Module]
+
+
 class Dense(nn.Module):
-  """Bias-free dense layer with a 2-D float32 kernel stored [in, out]."""
+  """Bias-free dense layer with a 2-D float32 kernel stored [in, out].
+
+  `adapter` (optional) adds a parameter-efficient method to this projection
+  (LoRA, (IA)3, BitFit from `spot.peft`): it is built from `kernel_axes` as a
+  submodule of this layer, so its parameters sit beside the kernel
+  (`attention/query/lora/a`), and called as `adapter(x [.., in], y [.., out],
+  kernel [in, out], deterministic)`, returning the new output [.., out].
+  """
 
   features: int
   kernel_axes: tuple[str, str]
   dtype: jnp.dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
+  adapter: Optional[AdapterFactory] = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), jnp.float32)
     x = jnp.asarray(x, self.dtype)
     kernel = jnp.asarray(kernel, self.dtype)
-    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if self.adapter is not None:
+      y = self.adapter(self.kernel_axes)(x, y, kernel, deterministic)
+    return y
+
+
+def dense_adapter(peft: Any, target: str) -> Optional[AdapterFactory]:
+  """The adapter factory a PEFT method (or None) puts on projection `target` ("q", "wo", ...)."""
+  return None if peft is None else peft.dense_adapter(target)
 
 
 class Embed(nn.Module):
@@ -225,6 +246,7 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   float32_logits: bool = False
+  peft: Any = None  # a spot.peft method (LoRA, (IA)3, BitFit) for q, k, v, o; None: none
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
@@ -235,9 +257,11 @@ class MultiHeadAttention(nn.Module):
                               dtype=self.dtype, kernel_init=attention_kernel_init)
     b = inputs_q.shape[0]
     heads = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-    query = heads(dense(name="query")(inputs_q))
-    key = heads(dense(name="key")(inputs_kv))
-    value = heads(dense(name="value")(inputs_kv))
+    proj = lambda name, target, x: dense(name=name, adapter=dense_adapter(self.peft, target))(
+        x, deterministic)
+    query = heads(proj("query", "q", inputs_q))
+    key = heads(proj("key", "k", inputs_kv))
+    value = heads(proj("value", "v", inputs_kv))
     query = constrain(query, ("batch", "length", "heads", "kv"))
     key = constrain(key, ("batch", "length", "heads", "kv"))
     value = constrain(value, ("batch", "length", "heads", "kv"))
@@ -278,7 +302,8 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"),
-                 dtype=self.dtype, kernel_init=attention_kernel_init, name="out")(out)
+                 dtype=self.dtype, kernel_init=attention_kernel_init,
+                 adapter=dense_adapter(self.peft, "o"), name="out")(out, deterministic)
 
 
 class MlpBlock(nn.Module):
@@ -288,15 +313,18 @@ class MlpBlock(nn.Module):
   activations: tuple[str, ...] = ("gelu", "linear")
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
+  peft: Any = None  # a spot.peft method for wi / wi_0, wi_1, wo; None: none
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     hidden = []
     for idx, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{idx}"
-      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x)
+      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
+                adapter=dense_adapter(self.peft, name), name=name)(x, deterministic)
       hidden.append(get_activation(act)(h))
     h = functools.reduce(operator.mul, hidden)
     h = constrain(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-    return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+    return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype,
+                 adapter=dense_adapter(self.peft, "wo"), name="wo")(h, deterministic)

@@ -62,7 +62,7 @@ def _remat(cls, config: T5Config, static_argnums: tuple[int, ...]):
 
 
 def _layer_stack(cls, config: T5Config, count: int, static_argnums: tuple[int, ...],
-                 num_inputs: int):
+                 num_inputs: int, peft: Any = None):
   """The layers of one stack: `count` modules `layers_i`, or one scanned `layers`.
 
   Scanned, the layer's parameters gain a "layers" axis at
@@ -72,12 +72,12 @@ def _layer_stack(cls, config: T5Config, count: int, static_argnums: tuple[int, .
   """
   layer_cls = _remat(cls, config, static_argnums)
   if not config.scan_layers:
-    return [layer_cls(config, name=f"layers_{i}") for i in range(count)]
+    return [layer_cls(config, peft=peft, name=f"layers_{i}") for i in range(count)]
   scanned = nn.scan(layer_cls, variable_axes={"params": config.param_scan_axis, "cache": 0},
                     split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,) * num_inputs, length=count,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-  return scanned(config, scanned=True, name="layers")
+  return scanned(config, scanned=True, peft=peft, name="layers")
 
 
 def _apply_stack(layers, x: Array, *inputs) -> Array:
@@ -93,24 +93,33 @@ def _residual(c: T5Config, x: Array, y: Array, deterministic: bool) -> Array:
   return nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic) + x
 
 
+def _block_adapter(peft: Any, kind: str, name: str, y: Array, deterministic: bool) -> Array:
+  """A PEFT bottleneck adapter (`spot.peft.adapters`) on a sublayer's output, if any."""
+  factory = None if peft is None else peft.block_adapter(kind)
+  return y if factory is None else factory(name=name)(y, deterministic)
+
+
 def _attention_block(c: T5Config, x: Array, kv: Optional[Array], mask: Optional[Array],
                      bias: Optional[Array], norm: str, attention: str, deterministic: bool,
-                     decode: bool = False) -> Array:
+                     decode: bool = False, peft: Any = None) -> Array:
   """Pre-norm attention with a residual: x + drop(attn(LN(x), kv or LN(x)))."""
   dt = _dtype(c)
   y = L.RMSNorm(c.layer_norm_epsilon, dt, name=norm)(x)
   y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
-                           c.float32_attention_logits, name=attention)(
+                           c.float32_attention_logits, peft=peft, name=attention)(
                                y, y if kv is None else kv, mask, bias, decode=decode,
                                deterministic=deterministic)
+  y = _block_adapter(peft, "attention", f"{attention}_adapter", y, deterministic)
   return _residual(c, x, y, deterministic)
 
 
-def _mlp_block(c: T5Config, x: Array, deterministic: bool) -> Array:
+def _mlp_block(c: T5Config, x: Array, deterministic: bool, peft: Any = None) -> Array:
   """Pre-norm feed-forward with a residual."""
   dt = _dtype(c)
   y = L.RMSNorm(c.layer_norm_epsilon, dt, name="pre_mlp_layer_norm")(x)
-  y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, name="mlp")(y, deterministic)
+  y = L.MlpBlock(c.mlp_dim, c.mlp_activations, dt, c.dropout_rate, peft=peft,
+                 name="mlp")(y, deterministic)
+  y = _block_adapter(peft, "mlp", "mlp_adapter", y, deterministic)
   return L.constrain(_residual(c, x, y, deterministic), ("batch", "length", "embed"))
 
 
@@ -118,6 +127,7 @@ class EncoderLayer(nn.Module):
   """One encoder layer; `scanned` layers return `(x, None)` for `nn.scan`."""
   config: T5Config
   scanned: bool = False
+  peft: Any = None
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True,
@@ -125,8 +135,8 @@ class EncoderLayer(nn.Module):
     del decode
     c = self.config
     x = _attention_block(c, x, None, mask, bias, "pre_attention_layer_norm", "attention",
-                         deterministic)
-    x = _mlp_block(c, x, deterministic)
+                         deterministic, peft=self.peft)
+    x = _mlp_block(c, x, deterministic, self.peft)
     return (x, None) if self.scanned else x
 
 
@@ -134,6 +144,7 @@ class DecoderLayer(nn.Module):
   """One decoder layer; `scanned` layers return `(x, None)` for `nn.scan`."""
   config: T5Config
   scanned: bool = False
+  peft: Any = None
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
@@ -141,10 +152,10 @@ class DecoderLayer(nn.Module):
                decode: bool = False):
     c = self.config
     x = _attention_block(c, x, None, self_mask, bias, "pre_self_attention_layer_norm",
-                         "self_attention", deterministic, decode)
+                         "self_attention", deterministic, decode, self.peft)
     x = _attention_block(c, x, encoded, cross_mask, None, "pre_cross_attention_layer_norm",
-                         "encoder_decoder_attention", deterministic)
-    x = _mlp_block(c, x, deterministic)
+                         "encoder_decoder_attention", deterministic, peft=self.peft)
+    x = _mlp_block(c, x, deterministic, self.peft)
     return (x, None) if self.scanned else x
 
 
@@ -152,6 +163,7 @@ class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   prompt_factory: Optional[PromptFactory] = None
+  peft: Any = None
 
   def setup(self):
     c = self.config
@@ -160,7 +172,7 @@ class Encoder(nn.Module):
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    self.layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, (4, 5), 4)
+    self.layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, (4, 5), 4, self.peft)
     self.encoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -242,13 +254,14 @@ def _check_packable(prompt: nn.Module) -> None:
 class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
+  peft: Any = None
 
   def setup(self):
     c = self.config
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    self.layers = _layer_stack(DecoderLayer, c, c.num_decoder_layers, (6, 7), 6)
+    self.layers = _layer_stack(DecoderLayer, c, c.num_decoder_layers, (6, 7), 6, self.peft)
     self.decoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -324,16 +337,20 @@ class T5(nn.Module):
     config: a `T5Config`.
     prompt_factory: optional zero-argument callable building the prompt module
       (see module docstring); its parameters live under `encoder/prompt`.
+    peft: optional parameter-efficient method (a `spot.peft` config such as
+      `LoraConfig`): it names the module each projection (`dense_adapter`) and
+      each sublayer output (`block_adapter`) gets, in encoder and decoder.
   """
 
   config: T5Config
   prompt_factory: Optional[PromptFactory] = None
+  peft: Any = None
 
   def setup(self):
     c = self.config
     self.token_embedder = L.Embed(c.vocab_size, c.emb_dim, _dtype(c))
-    self.encoder = Encoder(c, self.token_embedder, self.prompt_factory)
-    self.decoder = Decoder(c, self.token_embedder)
+    self.encoder = Encoder(c, self.token_embedder, self.prompt_factory, self.peft)
+    self.decoder = Decoder(c, self.token_embedder, self.peft)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = True,
              prompt_inputs: Optional[Mapping[str, Array]] = None, *,
@@ -390,10 +407,10 @@ class T5(nn.Module):
 
 def init_params(config: T5Config, rng: Optional[jax.Array] = None,
                 prompt_factory: Optional[PromptFactory] = None,
-                prompt_inputs: Optional[Mapping[str, Any]] = None) -> dict:
-  """Randomly initialised parameters (unboxed) for `config`."""
+                prompt_inputs: Optional[Mapping[str, Any]] = None, peft: Any = None) -> dict:
+  """Randomly initialised parameters (unboxed) for `config` (with a prompt / PEFT method)."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  model = T5(config, prompt_factory)
+  model = T5(config, prompt_factory, peft)
   tokens = jnp.ones((1, 2), jnp.int32)
   variables = jax.jit(lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False,
                                            prompt_inputs=prompt_inputs))(rng)
@@ -401,9 +418,9 @@ def init_params(config: T5Config, rng: Optional[jax.Array] = None,
 
 
 def logical_axes(config: T5Config, prompt_factory: Optional[PromptFactory] = None,
-                 prompt_inputs: Optional[Mapping[str, Any]] = None) -> dict:
+                 prompt_inputs: Optional[Mapping[str, Any]] = None, peft: Any = None) -> dict:
   """The parameter tree of logical axis names (PartitionSpecs), without compute."""
-  model = T5(config, prompt_factory)
+  model = T5(config, prompt_factory, peft)
   tokens = jnp.ones((1, 2), jnp.int32)
   abstract = jax.eval_shape(
       lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False,
@@ -411,9 +428,10 @@ def logical_axes(config: T5Config, prompt_factory: Optional[PromptFactory] = Non
   return nn.get_partition_spec(abstract)["params"]
 
 
-def param_shapes(config: T5Config, prompt_factory: Optional[PromptFactory] = None) -> dict:
+def param_shapes(config: T5Config, prompt_factory: Optional[PromptFactory] = None,
+                 peft: Any = None) -> dict:
   """The parameter tree of `jax.ShapeDtypeStruct`s for `config`, without compute."""
-  model = T5(config, prompt_factory)
+  model = T5(config, prompt_factory, peft)
   tokens = jnp.ones((1, 2), jnp.int32)
   abstract = jax.eval_shape(
       lambda r: model.init(r, tokens, tokens, tokens, enable_dropout=False),

@@ -29,15 +29,32 @@ def _patterns(regex: Union[str, Sequence[str]]) -> list[re.Pattern]:
     raise ValueError(f"Bad trainable-parameter regex {regex!r}: {e}.") from e
 
 
+def _named(name: str) -> tuple[str, ...]:
+  """The regexes of one named selection, or `(name,)` for a regex."""
+  from spot import peft  # pylint: disable=g-import-not-at-top
+  if name == "prompt":
+    return PROMPT_REGEX
+  if name in ("all", "model"):
+    return ALL_REGEX
+  if name in peft.METHODS:
+    return peft.METHODS[name]().trainable
+  if name in peft.SELECTIONS:
+    return peft.SELECTIONS[name]
+  return (name,)
+
+
 def resolve(selection: Union[str, Sequence[str]]) -> tuple[str, ...]:
-  """Maps "prompt" / "all" (or "model") / regex(es) to a tuple of regexes."""
+  """Maps names and regexes to a tuple of full-match regexes.
+
+  Names: "prompt", "all" (or "model"), a PEFT method ("lora", "ia3",
+  "adapter", "bitfit": its parameters) or a selective-tuning set
+  ("layernorm", "layernorm_attention", "layernorm_mlp", "attention", "mlp",
+  "embeddings"); anything else is a regex. A list may mix them, e.g.
+  `["prompt", "lora"]` trains a prompt and LoRA together.
+  """
   if isinstance(selection, str):
-    if selection == "prompt":
-      return PROMPT_REGEX
-    if selection in ("all", "model"):
-      return ALL_REGEX
-    return (selection,)
-  return tuple(selection)
+    return _named(selection)
+  return tuple(r for item in selection for r in _named(item))
 
 
 def split(params: Mapping[str, Any], selection: Union[str, Sequence[str]] = "prompt"
