@@ -165,10 +165,11 @@ class EncoderDecoderModel:
   label_smoothing: float = 0.0
   loss_normalizing_factor: Optional[float] = None
   prompt_features: Optional[Tuple[str, ...]] = None
+  peft: Any = None  # a spot.peft method config (LoraConfig, ...); None: none
 
   @property
   def module(self) -> T5:
-    return T5(self.config, self.prompt)
+    return T5(self.config, self.prompt, self.peft)
 
   @property
   def prompt_length(self) -> int:

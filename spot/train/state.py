@@ -9,7 +9,7 @@ materialises a random copy of the (possibly XXL) base model.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -128,7 +128,18 @@ def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional
     return base
   base = {k: v for k, v in flat.items() if k not in prompt_keys}
   prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+  base.update(init_peft_params(model, base, jax.random.fold_in(jax.random.PRNGKey(seed), 2)))
   return trainable_lib.merge(prompt, traverse_util.unflatten_dict(base, sep="/"))
+
+
+def init_peft_params(model: EncoderDecoderModel, base: Mapping[str, Any],
+                     rng: jax.Array) -> dict:
+  """The PEFT method's initial parameters the flat '/'-joined `base` lacks (flat, numpy)."""
+  if getattr(model, "peft", None) is None:
+    return {}
+  full = traverse_util.flatten_dict(dict(jax.jit(model.init_params)(rng)), sep="/")
+  return {k: np.asarray(v) for k, v in full.items()
+          if k not in base and not k.startswith("encoder/prompt/")}
 
 
 def params_from_run(model: EncoderDecoderModel, model_dir: str,
