@@ -118,7 +118,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   prepare(out, cfg, args.seed)
   from spot.demo import report, synthetic
   base, sources, targets, flow = synthetic.run(cfg, out, args.seed, log)
-  print(report.write(out, cfg, args.seed, base, sources, targets, flow, log.elapsed, log.cpu),
-        flush=True)
+  study = None
+  if cfg.study_skills:
+    from spot.demo import study as study_lib
+    study = study_lib.write(out, study_lib.run(flow, cfg, args.seed, sources, targets, log))
+    log(f"transferability study: {study_lib.headline(study[0])}")
+  print(report.write(out, cfg, args.seed, base, sources, targets, flow, log.elapsed, log.cpu,
+                     study=study), flush=True)
   log(f"done. Everything is under {out}; open {out / 'report.md'}")
   return 0

@@ -39,6 +39,8 @@ class DemoConfig:
     eval_examples: validation examples per evaluation.
     threshold: the score (percent) whose first crossing "steps to reach" reports.
     eval_batch_size: examples per decode call when scoring (0: all at once).
+    study_skills: skills whose sources (domain "a") the transferability study
+      transfers to every target (empty: no study).
   """
 
   name: str
@@ -61,6 +63,7 @@ class DemoConfig:
   eval_examples: int
   threshold: float
   eval_batch_size: int = 0
+  study_skills: tuple[str, ...] = ()
 
   def __post_init__(self):
     for name in ("source_steps", "mixture_steps", "target_steps",
@@ -114,6 +117,8 @@ DEFAULT = dataclasses.replace(
     source_steps=150,
     mixture_steps=150,
     target_steps=50,
+    # A small study: the four sources related to the targets, 4 x 5 transfers.
+    study_skills=("sentiment", "topic", "add", "max"),
 )
 
 PRESETS: Mapping[str, DemoConfig] = {c.name: c for c in (QUICK, DEFAULT)}

@@ -233,8 +233,11 @@ def _base_section(out: epath.Path, flow: workflow.Workflow, base: Optional[RunRe
 def write(out: epath.Path, cfg: Any, seed: int, base: Optional[RunRecord],
           sources: Sequence[RunRecord], targets: Sequence[TargetOutcome],
           flow: workflow.Workflow, seconds: float, cpu_seconds: float,
-          title: str = "spot demo") -> str:
-  """Writes plots, results.json and report.md; returns the summary to print."""
+          title: str = "spot demo", study: Optional[tuple[dict, Sequence[str]]] = None) -> str:
+  """Writes plots, results.json and report.md; returns the summary to print.
+
+  `study`: (results, Markdown lines) of the demo's transferability study, if it ran.
+  """
   threshold = cfg.threshold
   if base is not None:
     plot_losses(base, out / PRETRAIN_PLOT)
@@ -260,6 +263,8 @@ def write(out: epath.Path, cfg: Any, seed: int, base: Optional[RunRecord],
                    for i in INITS},
       } for t in targets],
   }
+  if study is not None:
+    results["study"] = study[0]
   spot_io.write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
   entries = flow.library().entries(model=flow.model_name)
@@ -290,6 +295,7 @@ def write(out: epath.Path, cfg: Any, seed: int, base: Optional[RunRecord],
       "",
       *[f"![{t.task}]({curve_plot(t.task)})" for t in targets],
       "",
+      *(study[1] if study is not None else []),
       "## How the target prompts were initialised",
       "",
       "- **random**: rows sampled from the frozen model's vocabulary embeddings with the run's "
