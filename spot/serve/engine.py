@@ -199,9 +199,10 @@ class Engine:
     return np.asarray(model.score_batch(self._with_prompts(table), batch))[:n]
 
   def warm_up(self, prompt_lengths: Sequence[int],
-              log: Optional[Callable[[str], None]] = None) -> int:
-    """Compiles every (batch, input length) decode of the default decoding and every
-    (batch, input length, target length) score, for each prompt length. Returns the count."""
+              log: Optional[Callable[[str], None]] = None, score: bool = True) -> int:
+    """Compiles every (batch, input length) decode of the default decoding and (with
+    `score`) every (batch, input length, target length) score, for each prompt length.
+    Returns the number of shapes compiled."""
     count, start = 0, time.perf_counter()
     d = self.config.emb_dim
     for p in sorted(set(int(x) for x in prompt_lengths)):
@@ -211,7 +212,7 @@ class Engine:
           tokens = [[EOS_ID] * length] * rows
           self.generate(prompts, tokens, self.default_decoding)
           count += 1
-          for target_length in self.shapes.target_lengths:
+          for target_length in self.shapes.target_lengths if score else ():
             self.score(prompts, tokens, [[EOS_ID] * target_length] * rows)
             count += 1
     if log:
