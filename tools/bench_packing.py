@@ -143,6 +143,30 @@ def convert(cfg: Config, examples: dict[str, list], pack: bool) -> list[dict]:
   return batches
 
 
+def batches_file(cfg: Config, pack: bool) -> pathlib.Path:
+  return pathlib.Path(cfg.examples_file).with_name("packed.npz" if pack else "unpacked.npz")
+
+
+def save_batches(cfg: Config, examples: dict[str, list]) -> None:
+  """Both sides' converted batches, written once, so measuring processes load
+  numpy arrays only (no TensorFlow in their memory, as no data pipeline in PEFT's)."""
+  import numpy as np
+  for pack in (False, True):
+    arrays = {f"{i}/{k}": v for i, b in enumerate(convert(cfg, examples, pack))
+              for k, v in b.items()}
+    np.savez(batches_file(cfg, pack), **arrays)
+
+
+def load_batches(cfg: Config, pack: bool) -> list[dict]:
+  import numpy as np
+  with np.load(batches_file(cfg, pack)) as z:
+    out: dict[int, dict] = {}
+    for key in z.files:
+      i, name = key.split("/", 1)
+      out.setdefault(int(i), {})[name] = z[key]
+  return [out[i] for i in sorted(out)]
+
+
 def real_fraction(batches: Sequence[dict], prompt_length: int, packed: bool) -> float:
   """Real positions (prompt + tokens) over all encoder positions computed."""
   import numpy as np
@@ -173,8 +197,7 @@ def measure_spot(cfg: Config, pack: bool) -> dict:
   from spot.train.models import EncoderDecoderModel
   from spot.train.trainer import make_train_step
   import functools
-  examples = json.loads(pathlib.Path(cfg.examples_file).read_text())
-  batches = convert(cfg, examples, pack)
+  batches = load_batches(cfg, pack)
   imports_mib = bench_train.current_rss_mib()
   setup = cfg.setup()
   model = EncoderDecoderModel(setup.config(), functools.partial(
@@ -282,37 +305,33 @@ def measure_peft(cfg: Config) -> dict:
 
 
 def measure_eval(cfg: Config, bucketed: bool) -> dict:
-  """Rank classification of the examples: fixed-length batches or length buckets."""
+  """Scores every example's target (rank classification's per-candidate log-likelihood)
+  with `spot.train.evaluation.score_examples`: fixed-length batches in input order,
+  or batches sorted by length and cut to power-of-two lengths. Timed on a second
+  pass, after the first compiled every shape."""
   import functools
-  import jax
   import numpy as np
   from spot import prompts
-  from spot.train import batching, state as state_lib
+  from spot.train import evaluation, state as state_lib
   from spot.train.models import EncoderDecoderModel
-  examples = json.loads(pathlib.Path(cfg.examples_file).read_text())
+  batches = load_batches(cfg, pack=False)
+  features = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   imports_mib = bench_train.current_rss_mib()
   setup = cfg.setup()
   model = EncoderDecoderModel(setup.config(), functools.partial(
       prompts.PrefixPrompt, length=cfg.prompt_length))
   params = state_lib.initial_params(model, cfg.checkpoint, 0)
-  rows = {"inputs": examples["inputs"], "targets": examples["targets"]}
-  n = len(rows["inputs"])
-  batch_size = cfg.examples_per_step
-  lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
-  warm = batching.length_buckets(rows, lengths, batch_size, bucketed=bucketed)
-  for b, _ in warm:  # compile every shape first
-    jax.block_until_ready(model.score_batch(params, b))
+  score = lambda: evaluation.score_examples(model, params, features, cfg.examples_per_step,
+                                            by_length=bucketed)
+  score()  # compiles every shape
   start = time.perf_counter()
-  scores = np.zeros(n, np.float32)
-  for b, index in batching.length_buckets(rows, lengths, batch_size, bucketed=bucketed):
-    out = np.asarray(model.score_batch(params, b))
-    valid = index >= 0
-    scores[index[valid]] = out[valid]
+  scores = score()
   seconds = time.perf_counter() - start
+  n = len(features["encoder_input_tokens"])
   kind = "bucketed by length" if bucketed else "fixed length"
-  return {"label": f"rank classification scoring, {kind}, {n} examples", "seconds": seconds,
-          "examples_per_s": n / seconds, "scores": scores.tolist(),
-          "shapes": sorted({tuple(b["encoder_input_tokens"].shape) for b, _ in warm}),
+  return {"label": f"scoring (rank classification), {kind}, {n} examples, batch "
+                   f"{cfg.examples_per_step}", "seconds": seconds,
+          "examples_per_s": n / seconds, "scores": np.asarray(scores).tolist(),
           "peak_rss_mib": bench_train.peak_rss_mib(), "imports_mib": imports_mib}
 
 
@@ -369,7 +388,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args._child == "prepare":
       import bench_peft
       count = cfg.examples_per_step * (cfg.warmup + cfg.steps)
-      pathlib.Path(cfg.examples_file).write_text(json.dumps(draw_examples(cfg, count)))
+      examples = draw_examples(cfg, count)
+      pathlib.Path(cfg.examples_file).write_text(json.dumps(examples))
+      save_batches(cfg, examples)
       bench_peft.prepare_checkpoints(cfg.setup(), pathlib.Path(cfg.hf_dir).parent)
       result: Any = {"ok": True}
     elif args._child == "peft":
@@ -401,7 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       for kind in ("eval_fixed", "eval_bucketed"):
         results[kind] = _child(kind, cfg, args.threads)
         m = results[kind]
-        print(f"{m['label']}: {len(m['shapes'])} shapes, {m['examples_per_s']:.2f} examples/s, "
+        print(f"{m['label']}: {m['examples_per_s']:.2f} examples/s, "
               f"peak RSS {m['peak_rss_mib']:.1f} MiB", flush=True)
   eps = {k: results[k]["examples_per_step"] / results[k]["step_s"] for k in sides}
   ratios = {}

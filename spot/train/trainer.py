@@ -645,8 +645,9 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
         f"PROMPT_LENGTH={given_len} does not match the prompt of length {saved_len} saved in "
         f"MODEL_DIR {model_dir} (step {step}); resume with PROMPT_LENGTH={saved_len} or use a "
         "new MODEL_DIR.")
-  saved_pack, given_pack = meta.get("pack"), run_meta.get("pack")
-  if saved_pack is not None and saved_pack != given_pack:
+  # A run saved before PACK existed was unpacked: resuming it packed would change its data.
+  saved_pack, given_pack = bool(meta.get("pack", False)), bool(run_meta.get("pack", False))
+  if saved_pack != given_pack:
     raise errors.UsageError(
         f"PACK={given_pack} but MODEL_DIR {model_dir} was trained with PACK={saved_pack} "
         f"(step {step}): its batches, and so the resumed data order, differ; resume with "
@@ -671,10 +672,11 @@ def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict
   tokens = max(float(m["num_tokens"]), 1.0)
   scalars = {"loss": float(m["loss"]) / tokens, "accuracy": float(m["correct"]) / tokens,
              "grad_norm": float(m["grad_norm"])}
+  if "num_examples" in m:  # examples in the step: rows, or the segments of packed rows
+    scalars["examples"] = float(m["num_examples"])
   if learning_rate is not None:
     scalars["lr"] = learning_rate
   return scalars
-
 
 
 def _heal_resumed_run(ckpt: checkpointing.RunCheckpointer, model_dir: str, step: int,
