@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 from etils import epath
@@ -305,7 +305,6 @@ def run_settings(base: settings_lib.TrainSettings, spec: StudySpec, study_dir: e
     from spot import report_writers  # pylint: disable=g-import-not-at-top
     writers = report_writers.DEFAULT_WRITERS
   eval_cfg = dataclasses.replace(base.eval_cfg or trainer.EvalConfig(), tasks=[run.task])
-  changes: dict[str, Any] = {}
   out = base
   if run.kind == "transfer":
     out = settings_lib.with_prompt_init(base, _final_prompt(
@@ -328,7 +327,7 @@ def run_settings(base: settings_lib.TrainSettings, spec: StudySpec, study_dir: e
       out, model_dir=str(study_dir / run.run_id), train_steps=run.steps, seed=run.seed,
       train_dataset_cfg=data, eval_cfg=eval_cfg, metrics_writers=tuple(writers),
       checkpoint_cfg=dataclasses.replace(ckpt, period=period, save_numpy=True),
-      method=f"study_{run.kind}", **changes)
+      method=f"study_{run.kind}")
 
 
 # ------------------------------------------------------------------- running
@@ -397,6 +396,17 @@ def _absolute(path: Optional[str]) -> Optional[str]:
   return spot_io.absolute(path)
 
 
+def needs(spec: StudySpec, run: StudyRun) -> list[str]:
+  """The run ids whose outputs `run` starts from (sorted; none for stage 0)."""
+  if run.kind == "transfer":
+    return [f"sources/{run.source}/seed{run.seed}"]
+  if run.kind in ("weighted_average", "mixture"):
+    cands = spec.candidates(run.task)
+    owners = [embedding_owner(spec, t) for t in (run.task, *cands)]
+    return sorted(set(owners + [f"sources/{s}/seed{run.seed}" for s in cands]))
+  return []
+
+
 def plan_commands(spec: StudySpec, study_dir: str, prog: str = "spot study run",
                   fmt: str = "shell") -> list[str]:
   """One line per run: `spot study run --dir DIR --only RUN_ID` (shell), or a JSON object
@@ -405,12 +415,8 @@ def plan_commands(spec: StudySpec, study_dir: str, prog: str = "spot study run",
   for run in plan_runs(spec):
     command = f"{prog} --dir {study_dir} --only {run.run_id}"
     if fmt == "jsonl":
-      needs = ([f"sources/{run.source}/seed{run.seed}"] if run.kind == "transfer" else
-               [embedding_owner(spec, t) for t in (run.task, *spec.candidates(run.task))]
-               + [f"sources/{s}/seed{run.seed}" for s in spec.candidates(run.task)]
-               if run.kind != "source" and run.kind != "baseline" else [])
       lines.append(json.dumps({"run_id": run.run_id, "stage": run.stage,
-                               "needs": sorted(set(needs)), "command": command}))
+                               "needs": needs(spec, run), "command": command}))
     else:
       lines.append(command)
   return lines

@@ -218,3 +218,13 @@ def test_the_command_line_plan_writes_the_study_and_report_needs_one(tmp_path, c
   assert capsys.readouterr().out.strip().splitlines() == lines
   with pytest.raises(errors.UsageError, match="--source TASK and --target TASK"):
     study_cli.main(["plan", "--dir", str(tmp_path / "t"), "--source", "a", "--", "--x"])
+
+
+def test_retrieval_runs_need_every_candidate_and_both_embeddings():
+  runs = {r.run_id: r for r in study_lib.plan_runs(_spec())}
+  assert study_lib.needs(_spec(), runs["retrieval/weighted_average/add/seed1"]) == [
+      "sources/add/seed0", "sources/sst/seed0", "sources/sst/seed1",
+      "sources/topic/seed0", "sources/topic/seed1"]
+  assert study_lib.needs(_spec(), runs["retrieval/weighted_average/sst_b/seed0"]) == [
+      "baselines/sst_b/seed0", "sources/add/seed0", "sources/sst/seed0", "sources/topic/seed0"]
+  assert study_lib.needs(_spec(), runs["baselines/add/seed1"]) == []
