@@ -246,7 +246,7 @@ def check_base_model(study_dir: epath.PathLike, spec: StudySpec, base_checkpoint
 # ------------------------------------------------------------------ settings
 
 
-def _embedding(study_dir: epath.Path, spec: StudySpec, task: str) -> np.ndarray:
+def task_embedding(study_dir: epath.Path, spec: StudySpec, task: str) -> np.ndarray:
   """`task`'s embedding [P, D] (written once from its first-seed run's early checkpoint)."""
   path = embedding_file(study_dir, task)
   if path.exists():
@@ -283,9 +283,9 @@ def ranking(study_dir: epath.PathLike, spec: StudySpec, target: str,
   """The target's candidate sources by embedding similarity, best first."""
   from spot.library import similarity  # pylint: disable=g-import-not-at-top
   study_dir = epath.Path(study_dir)
-  query = _embedding(study_dir, spec, target)
+  query = task_embedding(study_dir, spec, target)
   names = list(spec.candidates(target))
-  sims = similarity.similarities(query, [_embedding(study_dir, spec, s) for s in names],
+  sims = similarity.similarities(query, [task_embedding(study_dir, spec, s) for s in names],
                                  metric or spec.metric)
   order = sorted(range(len(names)), key=lambda i: (-sims[i], names[i]))
   return [(names[i], float(sims[i])) for i in order]
@@ -385,7 +385,7 @@ def run_study(base: settings_lib.TrainSettings, spec: StudySpec, study_dir: str,
     prog.finished(time.perf_counter() - start)
     trained.append(run)
     if run.kind in ("source", "baseline") and run.seed == spec.seeds[0]:
-      _embedding(study, spec, run.task)  # as soon as it exists
+      task_embedding(study, spec, run.task)  # as soon as it exists
   prog("finished; `spot study report " + str(study) + "` writes the report")
   return trained
 

@@ -65,7 +65,7 @@ def collect(study_dir: epath.PathLike) -> Collected:
   embeddings = {}
   for task in dict.fromkeys(spec.sources + spec.targets):
     try:
-      embeddings[task] = study_lib._embedding(study_dir, spec, task)  # pylint: disable=protected-access
+      embeddings[task] = study_lib.task_embedding(study_dir, spec, task)
     except FileNotFoundError:
       pass
   sims: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METRICS}

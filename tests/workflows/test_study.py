@@ -100,8 +100,10 @@ def test_the_plan_has_every_run_once_and_no_self_transfer():
   assert _spec().excluded() == ["add"] and _spec().candidates("add") == ("sst", "topic")
   lines = study_lib.plan_commands(_spec(), "/s", fmt="jsonl")
   first_transfer = next(json.loads(x) for x in lines if "transfers/" in x)
-  assert first_transfer["needs"] == [f"sources/{first_transfer['run_id'].split('/')[1].split('__')[0]}/seed0"]
-  assert study_lib.plan_commands(_spec(), "/s")[0] == "spot study run --dir /s --only sources/sst/seed0"
+  assert first_transfer["run_id"] == "transfers/sst__sst_b/seed0"
+  assert first_transfer["needs"] == ["sources/sst/seed0"] and first_transfer["stage"] == 1
+  shell = study_lib.plan_commands(_spec(), "/s")
+  assert shell[0] == "spot study run --dir /s --only sources/sst/seed0"
 
 
 def test_a_tiny_study_end_to_end_tables_agree(tmp_path):
