@@ -237,3 +237,15 @@ def _metric(text: str, name: str) -> float:
   m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
   assert m, f"{name} not in /metrics"
   return float(m.group(1))
+
+
+def test_score_errors_name_the_field(client):
+  long_target = " ".join(["label"] * 20)
+  err = _error(client.post("/v1/score", json={"prompt": ENTRIES[0], "inputs": "x",
+                                              "targets": ["yes", long_target]}),
+               413, "targets[1]")
+  assert err["limit"] == 8
+  _error(client.post("/v1/score", json={"prompt": ENTRIES[0], "inputs": "x", "targets": []}),
+         400, "targets")
+  _error(client.post("/v1/score", json={"prompt": "base_prompt", "inputs": "x",
+                                        "targets": ["a"]}), 409, "prompt")
