@@ -16,6 +16,7 @@ import time
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -81,6 +82,15 @@ def create_app(service: Service) -> Starlette:
     finally:
       service.stop()
 
+  async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods, as JSON bodies like every other refusal."""
+    status = getattr(exc, "status_code", 500)
+    routes_text = "POST /v1/generate, POST /v1/score, GET /v1/prompts, GET /healthz, GET /metrics"
+    return _error_response(RequestError(
+        status, "not_found" if status == 404 else "bad_method", "path",
+        f"{request.method} {request.url.path} is not an endpoint of this server "
+        f"({getattr(exc, 'detail', '')}); use one of {routes_text}."))
+
   routes = [
       Route("/v1/generate", _endpoint(service, "generate", generate), methods=["POST"]),
       Route("/v1/score", _endpoint(service, "score", score), methods=["POST"]),
@@ -88,7 +98,8 @@ def create_app(service: Service) -> Starlette:
       Route("/healthz", _endpoint(service, "healthz", health), methods=["GET"]),
       Route("/metrics", metrics, methods=["GET"]),
   ]
-  return Starlette(routes=routes, lifespan=lifespan)
+  return Starlette(routes=routes, lifespan=lifespan,
+                   exception_handlers={HTTPException: http_error})
 
 
 def bind(host: str, port: int) -> socket.socket:

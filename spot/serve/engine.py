@@ -135,6 +135,11 @@ class Engine:
     base["encoder"] = encoder
     self._params = jax.device_put(base)
 
+  @property
+  def base_params(self) -> dict:
+    """The frozen base parameters on the device (no prompt)."""
+    return self._params
+
   # -- text -----------------------------------------------------------------
 
   def tokenize(self, text: str) -> list[int]:

@@ -29,10 +29,11 @@ class Service:
   Args:
     engine: the frozen base model.
     cache: the prompt cache of the server's library.
-    max_batch: examples per batch (the largest batch bucket).
     max_wait_ms: the longest an example waits for its batch to fill.
     max_queue: the most queued examples; more gives 503.
     mix_prompts: let examples of different prompts share a batch.
+
+  Batches hold at most `engine.shapes.batch_sizes[-1]` examples (--max-batch).
   """
 
   def __init__(self, engine: Engine, cache: PromptCache, *, max_wait_ms: float = 5.0,

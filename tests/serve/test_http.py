@@ -26,7 +26,7 @@ def infer_predictions(engine, library, name, texts):
   from spot.train.models import EncoderDecoderModel
   model = EncoderDecoderModel(engine.config, prompt=functools.partial(
       modules.PrefixPrompt, length=PROMPT_LENGTH), vocabulary=engine.vocabulary)
-  params = dict(engine._params)  # pylint: disable=protected-access
+  params = dict(engine.base_params)
   params["encoder"] = dict(params["encoder"], prompt={"prompt": {"prompt": library.prompt(name)}})
   tokens = [engine.tokenize(t) for t in texts]
   ids = np.zeros((len(tokens), max(map(len, tokens))), np.int32)
@@ -96,7 +96,7 @@ def test_score_gives_rank_classification(client, engine, library):
                                         "targets": targets}).json()
   model = EncoderDecoderModel(engine.config, prompt=functools.partial(
       modules.PrefixPrompt, length=PROMPT_LENGTH))
-  params = dict(engine._params)  # pylint: disable=protected-access
+  params = dict(engine.base_params)
   params["encoder"] = dict(params["encoder"],
                            prompt={"prompt": {"prompt": library.prompt(ENTRIES[0])}})
   for text, out in zip(TEXTS[:3], body["outputs"]):
@@ -249,3 +249,10 @@ def test_score_errors_name_the_field(client):
          400, "targets")
   _error(client.post("/v1/score", json={"prompt": "base_prompt", "inputs": "x",
                                         "targets": ["a"]}), 409, "prompt")
+
+
+def test_unknown_paths_and_methods_are_json(client):
+  err = _error(client.get("/v1/nothing"), 404, "path")
+  assert "/v1/generate" in err["message"]
+  err = _error(client.get("/v1/generate"), 405, "path")
+  assert "POST /v1/generate" in err["message"]
