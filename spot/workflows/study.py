@@ -48,6 +48,10 @@ class StudySpec:
   Attributes:
     sources / targets: SeqIO task names (a task may be both; it is then not
       its own candidate).
+    library / library_sources: a prompt library and entry names used as sources
+      as they are (no source run; the entry's prompt for every seed, its first
+      task embedding, its task for mixtures). Entries of another base model
+      are refused.
     seeds: every source, baseline and transfer is run once per seed.
     source_steps / target_steps: training steps of source and target runs.
     embedding_step: the early checkpoint kept as a task embedding (first seed).
@@ -72,10 +76,17 @@ class StudySpec:
   metric: str = "avg_tokens"
   score_metric: Optional[str] = None
   train_flags: tuple[str, ...] = ()
+  library: Optional[str] = None
+  library_sources: tuple[str, ...] = ()
 
   def __post_init__(self):
+    if self.library_sources and not self.library:
+      raise errors.ConfigError("library sources need the library: pass --library PATH.")
+    if set(self.library_sources) & set(self.sources):
+      raise errors.ConfigError(f"{sorted(set(self.library_sources) & set(self.sources))} are "
+                               "both trained and library sources; name each once.")
     for name in ("sources", "targets", "seeds"):
-      values = getattr(self, name)
+      values = self.all_sources if name == "sources" else getattr(self, name)
       if not values:
         raise errors.ConfigError(f"a study needs at least one of {name}; pass --{name[:-1]} ...")
       if len(set(values)) != len(values):
@@ -91,13 +102,18 @@ class StudySpec:
     if any(len(self.candidates(t)) == 0 for t in self.targets):
       raise errors.ConfigError("a target has no source other than itself; add sources.")
 
+  @property
+  def all_sources(self) -> tuple[str, ...]:
+    """Trained sources, then library sources."""
+    return tuple(self.sources) + tuple(self.library_sources)
+
   def candidates(self, target: str) -> tuple[str, ...]:
     """The sources a target is scored against: every source but the target itself."""
-    return tuple(s for s in self.sources if s != target)
+    return tuple(s for s in self.all_sources if s != target)
 
   def excluded(self) -> list[str]:
     """Targets that are also sources (left out of their own candidates)."""
-    return [t for t in self.targets if t in self.sources]
+    return [t for t in self.targets if t in self.all_sources]
 
   def to_json(self) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -227,6 +243,26 @@ def write_spec(study_dir: epath.PathLike, spec: StudySpec) -> StudySpec:
   return spec
 
 
+def check_library_sources(spec: StudySpec, base: settings_lib.TrainSettings) -> None:
+  """Refuses library sources that are prompts for another base model, naming them all."""
+  from spot.library.entry import check_run_model  # pylint: disable=g-import-not-at-top
+  from spot.library.errors import ModelMismatchError  # pylint: disable=g-import-not-at-top
+  if not spec.library_sources:
+    return
+  lib, other = _library(spec), []
+  for name in spec.library_sources:
+    entry = lib.entry(name)
+    try:
+      check_run_model(entry, int(base.model.config.emb_dim), base.macros.get("MODEL_FAMILY"),
+                      base.macros.get("MODEL_SIZE"))
+    except ModelMismatchError:
+      other.append(f"{name} ({entry.model.name}, embed dim {entry.model.embed_dim})")
+  if other:
+    raise errors.ConfigError(f"library source(s) {', '.join(other)} were trained on another "
+                             f"base model than this study's (embed dim "
+                             f"{base.model.config.emb_dim}); drop them or use their base model.")
+
+
 def check_base_model(study_dir: epath.PathLike, spec: StudySpec, base_checkpoint: Optional[str]
                      ) -> None:
   """Refuses sources whose runs were trained on another base checkpoint, naming them."""
@@ -252,6 +288,8 @@ def task_embedding(study_dir: epath.Path, spec: StudySpec, task: str) -> np.ndar
   if path.exists():
     with path.open("rb") as f:
       return np.load(f)
+  if task in spec.library_sources:
+    return _library(spec).embedding(task)
   owner = study_dir / embedding_owner(spec, task)
   if spec.embedding_step not in run_dir.numpy_steps(str(owner)):
     raise errors.MissingInputError(f"{owner} has no step-{spec.embedding_step} prompt checkpoint "
@@ -268,6 +306,18 @@ def _npy(array: np.ndarray) -> bytes:
   buf = io.BytesIO()
   np.save(buf, np.asarray(array, np.float32))
   return buf.getvalue()
+
+
+def _library(spec: StudySpec) -> Any:
+  from spot.library.store import PromptLibrary  # pylint: disable=g-import-not-at-top
+  return PromptLibrary(spec.library)
+
+
+def source_prompt(study_dir: epath.Path, spec: StudySpec, source: str, seed: int) -> np.ndarray:
+  """The prompt a transfer from `source` starts from: its seed's final prompt, or the entry's."""
+  if source in spec.library_sources:
+    return _library(spec).prompt(source)
+  return _final_prompt(study_dir, f"sources/{source}/seed{seed}")
 
 
 def _final_prompt(study_dir: epath.Path, run_id: str) -> np.ndarray:
@@ -307,21 +357,21 @@ def run_settings(base: settings_lib.TrainSettings, spec: StudySpec, study_dir: e
   eval_cfg = dataclasses.replace(base.eval_cfg or trainer.EvalConfig(), tasks=[run.task])
   out = base
   if run.kind == "transfer":
-    out = settings_lib.with_prompt_init(base, _final_prompt(
-        study_dir, f"sources/{run.source}/seed{run.seed}"))
+    out = settings_lib.with_prompt_init(base, source_prompt(study_dir, spec, run.source,
+                                                            run.seed))
   elif run.kind in ("weighted_average", "mixture"):
     k = spec.weighted_k if run.kind == "weighted_average" else spec.mixture_k
     top = ranking(study_dir, spec, run.task)[:k]
     if run.kind == "weighted_average":
       init = transfer.weighted_average(
-          [_final_prompt(study_dir, f"sources/{s}/seed{run.seed}") for s, _ in top],
+          [source_prompt(study_dir, spec, s, run.seed) for s, _ in top],
           [sim for _, sim in top])
       out = settings_lib.with_prompt_init(base, init)
     else:
       from spot.workflows import targeted  # pylint: disable=g-import-not-at-top
       module, data_dir = targeted.data_settings(base)
-      name, _ = targeted.register_mixture([s for s, _ in top] + [run.task], module=module,
-                                          data_dir=data_dir)
+      tasks = [_library(spec).entry(s).task if s in spec.library_sources else s for s, _ in top]
+      name, _ = targeted.register_mixture(tasks + [run.task], module=module, data_dir=data_dir)
       data = dataclasses.replace(data, mixture_or_task_name=name)
   return settings_lib.for_run(
       out, model_dir=str(study_dir / run.run_id), train_steps=run.steps, seed=run.seed,
@@ -371,6 +421,7 @@ def run_study(base: settings_lib.TrainSettings, spec: StudySpec, study_dir: str,
   study = epath.Path(spot_io.absolute(study_dir))
   spec = write_spec(study, spec)
   check_base_model(study, spec, _absolute(base.initial_checkpoint_path))
+  check_library_sources(spec, base)
   runs = [find_run(spec, r) for r in only] if only else plan_runs(spec)
   done = [r for r in runs if is_finished(study, r)]
   prog = Progress(len(runs), len(done), log)
@@ -398,10 +449,11 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 
 def needs(spec: StudySpec, run: StudyRun) -> list[str]:
   """The run ids whose outputs `run` starts from (sorted; none for stage 0)."""
+  trained = lambda names: [n for n in names if n not in spec.library_sources]
   if run.kind == "transfer":
-    return [f"sources/{run.source}/seed{run.seed}"]
+    return [f"sources/{s}/seed{run.seed}" for s in trained([run.source])]
   if run.kind in ("weighted_average", "mixture"):
-    cands = spec.candidates(run.task)
+    cands = trained(spec.candidates(run.task))
     owners = [embedding_owner(spec, t) for t in (run.task, *cands)]
     return sorted(set(owners + [f"sources/{s}/seed{run.seed}" for s in cands]))
   return []

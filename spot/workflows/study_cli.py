@@ -34,6 +34,9 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
                  help="a source task (repeat)")
   p.add_argument("--target", action="append", default=[], metavar="TASK",
                  help="a target task (repeat)")
+  p.add_argument("--library", metavar="PATH", help="prompt library of --library-source entries")
+  p.add_argument("--library-source", action="append", default=[], metavar="ENTRY",
+                 help="a library entry used as a source as it is (repeat; no source run)")
   p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated (default 0)")
   p.add_argument("--source-steps", type=int, default=1000)
   p.add_argument("--target-steps", type=int, default=1000)
@@ -70,9 +73,9 @@ def spec_from_args(args: argparse.Namespace):
   """The study of the command line, or DIR/study.json's when no task is given."""
   from spot.workflows import study  # pylint: disable=g-import-not-at-top
   flags = tuple(f for f in args.train_flags if f != "--")
-  if not args.source and not args.target and not flags:
+  if not args.source and not args.library_source and not args.target and not flags:
     return study.read_spec(args.dir)
-  if not args.source or not args.target:
+  if not (args.source or args.library_source) or not args.target:
     raise errors.UsageError("a new study needs --source TASK and --target TASK (each repeatable) "
                             "and spot train flags after --; or give only --dir of a study.")
   if not flags:
@@ -86,7 +89,8 @@ def spec_from_args(args: argparse.Namespace):
       embedding_step=args.embedding_step,
       top_ks=tuple(args.top_k) if args.top_k else study.DEFAULT_TOP_KS,
       weighted_k=args.weighted_k, mixture_k=args.mixture_k, metric=args.metric,
-      score_metric=args.score_metric, train_flags=flags)
+      score_metric=args.score_metric, train_flags=flags, library=args.library,
+      library_sources=tuple(args.library_source))
 
 
 def _run(args: argparse.Namespace) -> int:

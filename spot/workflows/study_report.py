@@ -63,7 +63,7 @@ def collect(study_dir: epath.PathLike) -> Collected:
     else:
       scores[run.run_id] = value
   embeddings = {}
-  for task in dict.fromkeys(spec.sources + spec.targets):
+  for task in dict.fromkeys(spec.all_sources + spec.targets):
     try:
       embeddings[task] = study_lib.task_embedding(study_dir, spec, task)
     except FileNotFoundError:
@@ -169,7 +169,7 @@ def correlations(c: Collected, table: Mapping[str, Any]) -> dict[str, dict[str, 
 
 
 def _ks(spec: study_lib.StudySpec) -> list[int]:
-  n = len(spec.sources)
+  n = len(spec.all_sources)
   return sorted({k for k in spec.top_ks if k <= n} | {n})
 
 
@@ -221,7 +221,7 @@ def retrieval(c: Collected) -> dict[str, Any]:
           if rows[f"best_of_top_{k}"]["value"] is not None}
   if base is not None and oracle is not None and by_k:
     out["eliminated"] = eliminated_fraction(base["mean"], oracle["mean"], by_k,
-                                            len(spec.sources))
+                                            len(spec.all_sources))
   return out
 
 
@@ -295,7 +295,7 @@ def _md_table(rows: Sequence[Sequence[str]]) -> str:
 
 def grid_table(r: Mapping[str, Any]) -> str:
   """Markdown: per target, baseline, then each source's score (mean ± std) and RER."""
-  sources = list(r["spec"]["sources"])
+  sources = list(r["spec"]["sources"]) + list(r["spec"]["library_sources"])
   rows = [["target", "baseline"] + sources]
   for t, row in r["grid"].items():
     cells = []
@@ -344,7 +344,7 @@ def write_report(study_dir: epath.PathLike, out: Optional[epath.PathLike] = None
   c = collect(study_dir)
   r = results(c)
   files = {}
-  png, _, _ = study_plots.heatmap(r["grid"], list(c.spec.sources))
+  png, _, _ = study_plots.heatmap(r["grid"], list(c.spec.all_sources))
   spot_io.write_bytes_atomic(out / HEATMAP_PNG, png)
   files["heatmap"] = HEATMAP_PNG
   scatters = []
@@ -370,7 +370,7 @@ def markdown(r: Mapping[str, Any], scatters: Sequence[tuple[str, str, str, Any]]
   """The report's Markdown (links relative to the report folder)."""
   spec = r["spec"]
   md = ["# Task-transferability study", "",
-        f"{len(spec['sources'])} source(s) x {len(spec['targets'])} target(s), seeds "
+        f"{len(spec['sources']) + len(spec['library_sources'])} source(s) x {len(spec['targets'])} target(s), seeds "
         f"{', '.join(map(str, spec['seeds']))}; {r['runs']['finished']} of "
         f"{r['runs']['total']} runs finished. Scores are 0..100 (mean ± std over seeds); "
         "RER = (err_baseline - err_transfer) / err_baseline with err = 100 - score.", ""]

@@ -230,3 +230,40 @@ def test_retrieval_runs_need_every_candidate_and_both_embeddings():
   assert study_lib.needs(_spec(), runs["retrieval/weighted_average/sst_b/seed0"]) == [
       "baselines/sst_b/seed0", "sources/add/seed0", "sources/sst/seed0", "sources/topic/seed0"]
   assert study_lib.needs(_spec(), runs["baselines/add/seed1"]) == []
+
+
+def _library_with(tmp_path, dim: int):
+  from spot.library import PromptLibrary
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  prompt = np.random.RandomState(dim).normal(size=(4, dim)).astype(np.float32)
+  lib.add("glue_mix", prompt, model=f"t5_1_1_d{dim}", embeddings={"step_2": prompt},
+          task="glue_mix_task")
+  return lib
+
+
+def test_library_entries_are_sources_without_a_source_run(tmp_path):
+  from spot.models import T5Config
+  lib = _library_with(tmp_path, 8)
+  spec = _spec(seeds=(0,), weighted_k=0, library=str(lib.path), library_sources=("glue_mix",))
+  base = dataclasses.replace(_base(), model=_ModelWithConfig(config=T5Config(
+      vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16)))
+  trainer = FakeTrainer()
+  study_lib.run_study(base, spec, str(tmp_path / "study"), log=lambda m: None, train=trainer)
+  assert not any("sources/glue_mix" in c for c in trainer.calls)
+  assert any(c.endswith("transfers/glue_mix__sst_b/seed0") for c in trainer.calls)
+  r = study_report.write_report(tmp_path / "study")
+  assert "glue_mix" in r["grid"]["sst_b"]["sources"] and r["retrieval"]["ks"] == [1, 2, 4]
+  assert study_report.check_consistency(r) == []
+  np.testing.assert_array_equal(study_lib.task_embedding(tmp_path / "study", spec, "glue_mix"),
+                                lib.embedding("glue_mix"))
+  # An entry of another base model (embed dim 16) is refused, named.
+  other = _library_with(tmp_path / "o", 16)
+  bad = _spec(seeds=(0,), weighted_k=0, library=str(other.path), library_sources=("glue_mix",))
+  with pytest.raises(errors.ConfigError, match=r"library source\(s\) glue_mix \(t5_1_1_d16"):
+    study_lib.run_study(base, bad, str(tmp_path / "study2"), log=lambda m: None, train=trainer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelWithConfig:
+  config: object = None
+  prompt: object = functools.partial(dict, prompt_init=None)
