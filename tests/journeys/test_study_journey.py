@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.journeys.conftest import REPO, spot
+from tests.journeys.conftest import spot
 
 pytestmark = pytest.mark.slow
 
@@ -62,4 +62,3 @@ def test_study_plan_run_rerun_report(data, tmp_path):
   assert study_report.check_consistency(results) == []
   md = (study / "report" / "report.md").read_text()
   assert "Excluded from their own candidates" in md and "plots/rer_heatmap.png" in md
-  assert REPO.exists()
