@@ -1,0 +1,1 @@
+"""gin configuration files (a package so gin can also find them via the Python path)."""
