@@ -51,7 +51,9 @@ def heatmap(grid: Mapping[str, Any], sources: Sequence[str]) -> tuple[bytes, lis
   names_r, names_c = [targets[i] for i in rows], [sources[i] for i in cols]
   fig = _figure(2.5 + 0.9 * len(names_c), 1.8 + 0.5 * len(names_r))
   ax = fig.add_subplot()
-  lim = max(float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0, 1e-6)
+  # Colours saturate at +-100%: one large negative RER must not wash out the rest
+  # (the numbers in the cells are not clipped).
+  lim = min(max(float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0, 1e-6), 100.0)
   image = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
   fig.colorbar(image, ax=ax, label="relative error reduction (%)")
   ax.set_xticks(range(len(names_c)), labels=names_c, rotation=45, ha="right", fontsize=8)
