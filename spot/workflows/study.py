@@ -317,15 +317,11 @@ def source_prompt(study_dir: epath.Path, spec: StudySpec, source: str, seed: int
   """The prompt a transfer from `source` starts from: its seed's final prompt, or the entry's."""
   if source in spec.library_sources:
     return _library(spec).prompt(source)
-  return _final_prompt(study_dir, f"sources/{source}/seed{seed}")
-
-
-def _final_prompt(study_dir: epath.Path, run_id: str) -> np.ndarray:
-  model_dir = study_dir / run_id
-  if not run_dir.numpy_steps(str(model_dir)):
-    raise errors.MissingInputError(f"{model_dir} has no prompt yet; run `spot study run --dir "
-                                   f"{study_dir} --only {run_id}` first.")
-  return run_dir.latest_numpy_prompt(str(model_dir))
+  run = StudyRun(f"sources/{source}/seed{seed}", "source", source, seed, spec.source_steps)
+  if not is_finished(study_dir, run):  # an unfinished source's prompt is not its prompt
+    raise errors.MissingInputError(f"{study_dir / run.run_id} is not finished; run `spot study "
+                                   f"run --dir {study_dir} --only {run.run_id}` first.")
+  return run_dir.latest_numpy_prompt(str(study_dir / run.run_id))
 
 
 def ranking(study_dir: epath.PathLike, spec: StudySpec, target: str,

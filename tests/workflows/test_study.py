@@ -267,3 +267,10 @@ def test_library_entries_are_sources_without_a_source_run(tmp_path):
 class _ModelWithConfig:
   config: object = None
   prompt: object = functools.partial(dict, prompt_init=None)
+
+
+def test_a_transfer_waits_for_its_source_to_finish(tmp_path):
+  _run(tmp_path, spec=_spec(seeds=(0,), weighted_k=0), only=["sources/sst/seed0"])
+  (tmp_path / "study" / "sources/sst/seed0/metrics.json").unlink()  # as if killed before the end
+  with pytest.raises(errors.MissingInputError, match="sources/sst/seed0 is not finished"):
+    _run(tmp_path, spec=_spec(seeds=(0,), weighted_k=0), only=["transfers/sst__sst_b/seed0"])
