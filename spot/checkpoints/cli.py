@@ -2,7 +2,7 @@
 and spot's own run checkpoints.
 
   spot checkpoint inspect PATH [--step N | --best] [--optimizer] [--json]
-  spot checkpoint convert --from-hf DIR --to MODEL_DIR [--step N]
+  spot checkpoint convert --from-hf DIR [--peft ADAPTER_DIR] --to MODEL_DIR [--step N]
   spot checkpoint convert --from-t5x PATH --to-hf DIR [--step N] [--config NAME|FILE.json]
   spot checkpoint convert --from-run MODEL_DIR [--step N | --best] --to OUT_DIR [--overwrite]
 
@@ -138,7 +138,7 @@ def _check_config(params: dict, config: T5Config, spec: Optional[str], source: s
 
 
 def _only_with(args: argparse.Namespace, source: str, allowed: Sequence[str]) -> None:
-  for flag in ("to", "to_hf", "best", "overwrite", "config"):
+  for flag in ("to", "to_hf", "best", "overwrite", "config", "peft"):
     if getattr(args, flag) and flag not in allowed:
       raise errors.UsageError(f"--{flag.replace('_', '-')} does not apply to {source}; "
                               "see `spot checkpoint convert --help`.")
@@ -156,10 +156,12 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     return 0
   if args.from_hf:
-    _only_with(args, "--from-hf", ("to",))
+    _only_with(args, "--from-hf", ("to", "peft"))
     if not args.to:
       raise errors.UsageError("--from-hf needs --to MODEL_DIR (the T5X model_dir to write).")
     config, params = hf.load_hf(args.from_hf)
+    if args.peft:  # LoRA / (IA)3 folded into the kernels: one plain T5X checkpoint
+      params = hf.merge_peft_adapter(args.peft, config, params)
     out = t5x.save_t5x(args.to, params, step=args.step or 0)
     print(f"wrote {out}")
     print("config: " + json.dumps(config.to_dict()))
@@ -202,6 +204,9 @@ def _parser() -> argparse.ArgumentParser:
   convert.add_argument("--to", metavar="MODEL_DIR",
                        help="with --from-hf / --from-run: the T5X model_dir to write")
   convert.add_argument("--to-hf", metavar="DIR", help="with --from-t5x: new HF directory")
+  convert.add_argument("--peft", metavar="ADAPTER_DIR", default=None,
+                       help="with --from-hf: a Hugging Face PEFT LoRA or (IA)3 adapter "
+                       "directory, merged into the written T5X checkpoint")
   convert.add_argument("--step", type=int, default=None,
                        help="--from-t5x / --from-run: step to read (default: latest); "
                        "--from-hf: step to write (default 0)")

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from spot import errors
 from spot.checkpoints import layout, tree
@@ -349,3 +350,84 @@ def save_hf(path: PathLike, config: T5Config, params: Mapping[str, Any]) -> epat
     (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, os.fspath(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
   return layout.resolve(path)
+
+
+# --- Hugging Face PEFT adapters merged into the base (spot checkpoint convert --peft) ----
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+
+
+def merge_peft_adapter(adapter_dir: PathLike, config: T5Config,
+                       params: Mapping[str, Any]) -> dict[str, Any]:
+  """`params` (T5X names, from `load_hf`) with a PEFT LoRA or (IA)3 adapter folded in.
+
+  LoRA: W += (lora_alpha / r) * B A (alpha / sqrt(r) with use_rslora); (IA)3:
+  W scaled by `ia3_l` on its output, or its input for a feed-forward module.
+  The result is a plain T5X tree that `save_t5x` writes and `load_t5x` reads.
+
+  Raises:
+    MissingInputError: the directory lacks adapter_config.json or the weights.
+    ConfigError: another PEFT method, or settings spot does not merge.
+    CheckpointError: a tensor is missing, extra or of the wrong shape (an
+      adapter of another base model or architecture).
+  """
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  directory = epath.Path(adapter_dir)
+  cfg_file, weights_file = directory / PEFT_CONFIG_FILE, directory / PEFT_WEIGHTS_FILE
+  for f in (cfg_file, weights_file):
+    if not f.exists():
+      raise errors.MissingInputError(f"{f} does not exist; --peft needs a PEFT adapter "
+                                     f"directory ({PEFT_CONFIG_FILE} + {PEFT_WEIGHTS_FILE}).")
+  cfg = json.loads(cfg_file.read_text())
+  kind = cfg.get("peft_type")
+  if kind not in ("LORA", "IA3"):
+    raise errors.ConfigError(f"{cfg_file}: peft_type {kind!r} cannot be merged into a T5X "
+                             "checkpoint; --peft merges LORA and IA3 adapters.")
+  if (cfg.get("layers_to_transform") or cfg.get("rank_pattern") or cfg.get("alpha_pattern")
+      or cfg.get("use_dora") or cfg.get("bias", "none") != "none"):
+    raise errors.ConfigError(f"{cfg_file}: per-layer patterns, DoRA and LoRA biases are not "
+                             "merged; --peft merges plain LORA and IA3 adapters.")
+  targets = set(cfg.get("target_modules") or ())
+  feedforward = set(cfg.get("feedforward_modules") or ())
+  weights = {k: np.asarray(v, np.float32) for k, v in load_file(str(weights_file)).items()}
+  flat = dict(traverse_util.flatten_dict(dict(params), sep="/"))
+  for ours, theirs, _ in name_map(config):
+    module = theirs[:-len(".weight")]
+    if not ours.endswith("/kernel") or module.rsplit(".", 1)[-1] not in targets:
+      continue
+    kernel = flat[ours]  # [in, out]
+    key = _PEFT_PREFIX + module
+    if kind == "LORA":
+      a = _adapter_tensor(weights, f"{key}.lora_A.weight", None, weights_file)  # [r, in]
+      b = _adapter_tensor(weights, f"{key}.lora_B.weight", None, weights_file)  # [out, r]
+      if a.shape[1] != kernel.shape[0] or b.shape[0] != kernel.shape[1]:
+        raise errors.CheckpointError(
+            f"{weights_file}: {key} LoRA is [{b.shape[0]}, {a.shape[1]}], expected "
+            f"[{kernel.shape[1]}, {kernel.shape[0]}]: an adapter of another model size.")
+      r = a.shape[0]
+      scale = float(cfg["lora_alpha"]) / (np.sqrt(r) if cfg.get("use_rslora") else r)
+      flat[ours] = (kernel + np.float32(scale) * (a.T @ b.T)).astype(np.float32)
+    elif module.rsplit(".", 1)[-1] in feedforward:
+      l = _adapter_tensor(weights, f"{key}.ia3_l", (1, kernel.shape[0]), weights_file)
+      flat[ours] = kernel * l[0][:, None]
+    else:
+      l = _adapter_tensor(weights, f"{key}.ia3_l", (kernel.shape[1], 1), weights_file)
+      flat[ours] = kernel * l[:, 0][None, :]
+  if weights:
+    raise errors.CheckpointError(f"{weights_file} holds tensors this T5 has no place for, e.g. "
+                                 f"{sorted(weights)[:2]}: an adapter of another architecture.")
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _adapter_tensor(weights: dict, key: str, shape: Optional[tuple[int, ...]],
+                    file: Any) -> np.ndarray:
+  if key not in weights:
+    raise errors.CheckpointError(f"{file} lacks {key}: the adapter was saved for another base "
+                                 "model or architecture than this T5.")
+  value = weights.pop(key)
+  if shape is not None and value.shape != shape:
+    raise errors.CheckpointError(f"{file}: {key} has shape {list(value.shape)}, expected "
+                                 f"{list(shape)}: an adapter of another model size.")
+  return value

@@ -162,3 +162,34 @@ def test_bad_adapter_directories_fail_with_the_file(hf, base_dir, tmp_path):
 def _unflatten(flat):
   from flax import traverse_util
   return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+@pytest.mark.parametrize("make", [_lora, _ia3], ids=["lora", "ia3"])
+def test_convert_from_hf_with_peft_writes_merged_t5x(hf, base_dir, tmp_path, make):
+  """`spot checkpoint convert --from-hf DIR --peft ADAPTER --to OUT`: plain load_t5x reads it
+  and its logits equal PEFT's merged model."""
+  from spot.checkpoints import cli, load_t5x
+  model = _peft_model(base_dir, make(hf))
+  model.save_pretrained(tmp_path / "adapter")
+  enc, dec_in, dec_tgt = _inputs()
+  merged_hf = model.merge_and_unload()
+  want = _torch_logits(merged_hf, enc, dec_in)
+  assert cli.main(["convert", "--from-hf", str(base_dir), "--peft", str(tmp_path / "adapter"),
+                   "--to", str(tmp_path / "t5x")]) == 0
+  config, _ = load_hf(base_dir)
+  params = load_t5x(tmp_path / "t5x", config)
+  diff = float(np.max(np.abs(_spot_logits(config, params, None, enc, dec_in, dec_tgt) - want)))
+  print(f"convert --peft {make.__name__}: max |logit diff| vs PEFT merged {diff:.2e}")
+  assert diff < PARITY_ATOL
+
+
+def test_convert_refuses_prompt_tuning_adapter(hf, base_dir, tmp_path):
+  from spot.checkpoints import cli
+  model = _peft_model(base_dir, hf.PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
+                                                      num_virtual_tokens=2,
+                                                      num_transformer_submodules=1))
+  model.save_pretrained(tmp_path / "prompt")
+  with pytest.raises(errors.ConfigError, match=r"prompt/adapter_config.json: peft_type "
+                     r"'PROMPT_TUNING' cannot be merged"):
+    cli.main(["convert", "--from-hf", str(base_dir), "--peft", str(tmp_path / "prompt"),
+              "--to", str(tmp_path / "t5x")])
