@@ -373,6 +373,21 @@ def merge_peft_adapter(adapter_dir: PathLike, config: T5Config,
     CheckpointError: a tensor is missing, extra or of the wrong shape (an
       adapter of another base model or architecture).
   """
+  cfg, weights, weights_file = _read_peft_adapter(adapter_dir)
+  flat = dict(traverse_util.flatten_dict(dict(params), sep="/"))
+  targets = set(cfg.get("target_modules") or ())
+  for ours, theirs, _ in name_map(config):
+    module = theirs[:-len(".weight")]
+    if ours.endswith("/kernel") and module.rsplit(".", 1)[-1] in targets:
+      flat[ours] = _fold_peft(cfg, weights, _PEFT_PREFIX + module, flat[ours], weights_file)
+  if weights:
+    raise errors.CheckpointError(f"{weights_file} holds tensors this T5 has no place for, e.g. "
+                                 f"{sorted(weights)[:2]}: an adapter of another architecture.")
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _read_peft_adapter(adapter_dir: PathLike) -> tuple[dict, dict[str, np.ndarray], epath.Path]:
+  """(adapter_config, tensors, weights file) of a LoRA / (IA)3 directory spot can merge."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   directory = epath.Path(adapter_dir)
   cfg_file, weights_file = directory / PEFT_CONFIG_FILE, directory / PEFT_WEIGHTS_FILE
@@ -389,36 +404,29 @@ def merge_peft_adapter(adapter_dir: PathLike, config: T5Config,
       or cfg.get("use_dora") or cfg.get("bias", "none") != "none"):
     raise errors.ConfigError(f"{cfg_file}: per-layer patterns, DoRA and LoRA biases are not "
                              "merged; --peft merges plain LORA and IA3 adapters.")
-  targets = set(cfg.get("target_modules") or ())
-  feedforward = set(cfg.get("feedforward_modules") or ())
   weights = {k: np.asarray(v, np.float32) for k, v in load_file(str(weights_file)).items()}
-  flat = dict(traverse_util.flatten_dict(dict(params), sep="/"))
-  for ours, theirs, _ in name_map(config):
-    module = theirs[:-len(".weight")]
-    if not ours.endswith("/kernel") or module.rsplit(".", 1)[-1] not in targets:
-      continue
-    kernel = flat[ours]  # [in, out]
-    key = _PEFT_PREFIX + module
-    if kind == "LORA":
-      a = _adapter_tensor(weights, f"{key}.lora_A.weight", None, weights_file)  # [r, in]
-      b = _adapter_tensor(weights, f"{key}.lora_B.weight", None, weights_file)  # [out, r]
-      if a.shape[1] != kernel.shape[0] or b.shape[0] != kernel.shape[1]:
-        raise errors.CheckpointError(
-            f"{weights_file}: {key} LoRA is [{b.shape[0]}, {a.shape[1]}], expected "
-            f"[{kernel.shape[1]}, {kernel.shape[0]}]: an adapter of another model size.")
-      r = a.shape[0]
-      scale = float(cfg["lora_alpha"]) / (np.sqrt(r) if cfg.get("use_rslora") else r)
-      flat[ours] = (kernel + np.float32(scale) * (a.T @ b.T)).astype(np.float32)
-    elif module.rsplit(".", 1)[-1] in feedforward:
-      l = _adapter_tensor(weights, f"{key}.ia3_l", (1, kernel.shape[0]), weights_file)
-      flat[ours] = kernel * l[0][:, None]
-    else:
-      l = _adapter_tensor(weights, f"{key}.ia3_l", (kernel.shape[1], 1), weights_file)
-      flat[ours] = kernel * l[:, 0][None, :]
-  if weights:
-    raise errors.CheckpointError(f"{weights_file} holds tensors this T5 has no place for, e.g. "
-                                 f"{sorted(weights)[:2]}: an adapter of another architecture.")
-  return traverse_util.unflatten_dict(flat, sep="/")
+  return cfg, weights, weights_file
+
+
+def _fold_peft(cfg: Mapping[str, Any], weights: dict, key: str, kernel: np.ndarray,
+               file: Any) -> np.ndarray:
+  """`kernel` [in, out] of HF module `key` with its LoRA / (IA)3 tensors (popped) folded in."""
+  kernel = np.asarray(kernel, np.float32)
+  if cfg["peft_type"] == "LORA":
+    a = _adapter_tensor(weights, f"{key}.lora_A.weight", None, file)  # [r, in]
+    b = _adapter_tensor(weights, f"{key}.lora_B.weight", None, file)  # [out, r]
+    if a.shape[1] != kernel.shape[0] or b.shape[0] != kernel.shape[1]:
+      raise errors.CheckpointError(
+          f"{file}: {key} LoRA is [{b.shape[0]}, {a.shape[1]}], expected "
+          f"[{kernel.shape[1]}, {kernel.shape[0]}]: an adapter of another model size.")
+    r = a.shape[0]
+    scale = float(cfg["lora_alpha"]) / (np.sqrt(r) if cfg.get("use_rslora") else r)
+    return (kernel + np.float32(scale) * (a.T @ b.T)).astype(np.float32)
+  if key.rsplit(".", 1)[-1] in set(cfg.get("feedforward_modules") or ()):
+    l = _adapter_tensor(weights, f"{key}.ia3_l", (1, kernel.shape[0]), file)
+    return kernel * l[0][:, None]
+  l = _adapter_tensor(weights, f"{key}.ia3_l", (kernel.shape[1], 1), file)
+  return kernel * l[:, 0][None, :]
 
 
 def _adapter_tensor(weights: dict, key: str, shape: Optional[tuple[int, ...]],
