@@ -125,7 +125,8 @@ def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional
   prompt_keys = [k for k in flat if k.startswith("encoder/prompt/")]
   if prompt_keys and model.prompt is not None:
     # A prompt-tuned T5X checkpoint: keep its prompt (eval/infer of T5X runs).
-    return base
+    flat.update(init_peft_params(model, flat, jax.random.fold_in(jax.random.PRNGKey(seed), 2)))
+    return traverse_util.unflatten_dict(flat, sep="/")
   base = {k: v for k, v in flat.items() if k not in prompt_keys}
   prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
   base.update(init_peft_params(model, base, jax.random.fold_in(jax.random.PRNGKey(seed), 2)))
