@@ -13,6 +13,8 @@ layers) from the same random weights with a 100-token prompt, Adafactor (lr
       examples into rows of prompt + 512 positions, each example with its own
       prompt (the row count follows the examples; each distinct row count is
       compiled before timing);
+  (b') the same packed, with remat `full` (T5Config.remat_policy): each layer
+      recomputed in the backward pass, less memory for more compute;
   (c) PEFT prompt tuning (PyTorch) with `DataCollatorForSeq2Seq` padding to
       the longest example in the batch, what a PEFT user runs.
 
@@ -66,6 +68,7 @@ class Config:
   warmup: int = 1
   seed: int = 0
   overrides: tuple = ()
+  remat: str = "none"
   checkpoint: str = "random"
   hf_dir: str = ""
   examples_file: str = ""
@@ -75,6 +78,7 @@ class Config:
                              input_length=self.input_length, target_length=self.target_length,
                              prompt_length=self.prompt_length, steps=self.steps,
                              warmup=self.warmup, dropout=0.0, overrides=self.overrides,
+                             remat=self.remat,
                              checkpoint=self.checkpoint)
 
 
@@ -236,15 +240,19 @@ def measure_spot(cfg: Config, pack: bool) -> dict:
       seen.add(shape)
       run(b)
   compile_s = time.perf_counter() - compile_start
+  rss_after_compile = bench_train.peak_rss_mib()
   timed = batches[cfg.warmup:]
   times = bench_train.timed_steps(lambda it=iter(timed): run(next(it)), len(timed))
   metrics = state["metrics"]
   label = "(b) spot packed" if pack else "(a) spot unpacked"
+  if cfg.remat != "none":
+    label += f", remat {cfg.remat}"
   return {"label": f"{label}, {setup.model}, prompt {cfg.prompt_length}, inputs "
                    f"{cfg.input_length}, {cfg.examples_per_step} examples/step",
           **bench_train.summarize(times), "examples_per_step": cfg.examples_per_step,
           "rows": [int(b["encoder_input_tokens"].shape[0]) for b in timed],
           "shapes_compiled": len(seen), "compile_and_first_s": compile_s,
+          "peak_rss_after_compile_mib": rss_after_compile,
           "real_token_fraction": real_fraction(timed, cfg.prompt_length, pack),
           "peak_rss_mib": bench_train.peak_rss_mib(), "imports_mib": imports_mib,
           "loss": float(metrics["loss"]) / max(float(metrics["num_tokens"]), 1.0)}
@@ -269,7 +277,8 @@ def measure_peft(cfg: Config) -> dict:
   params = [p for p in model.parameters() if p.requires_grad]
   opt = Adafactor(params, lr=0.3, scale_parameter=False, relative_step=False,
                   warmup_init=False, decay_rate=-0.8, clip_threshold=1.0, weight_decay=1e-5)
-  collate = DataCollatorForSeq2Seq(T5Tokenizer(cfg.spm, legacy=True), model=None,
+  # The examples are token ids already: the collator's tokenizer only pads (id 0, right).
+  collate = DataCollatorForSeq2Seq(T5Tokenizer(vocab_file=cfg.spm), model=None,
                                    padding="longest", label_pad_token_id=-100,
                                    return_tensors="pt")
   e = cfg.examples_per_step
@@ -340,9 +349,9 @@ def measure_eval(cfg: Config, bucketed: bool) -> dict:
 # ------------------------------------------------------------------------------
 
 
-def _child(kind: str, cfg: Config, threads: Optional[int]) -> dict:
+def _child(kind: str, cfg: Config, threads: Optional[int], malloc: str = "tuned") -> dict:
   cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--_child", kind,
-         "--_config", json.dumps(dataclasses.asdict(cfg))]
+         "--_config", json.dumps(dataclasses.asdict(cfg)), "--malloc", malloc]
   if threads:
     cmd += ["--threads", str(threads)]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -372,8 +381,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--prompt_length", type=int, default=100)
   p.add_argument("--override", action="append", default=[],
                  help="T5Config field=value, e.g. num_encoder_layers=2 (repeatable)")
-  p.add_argument("--sides", default="unpacked,packed,peft",
-                 help="comma-separated subset of unpacked,packed,peft")
+  p.add_argument("--remat", default="none", choices=["none", "minimal", "full"],
+                 help="spot's remat policy (T5Config.remat_policy) for the spot sides")
+  p.add_argument("--malloc", default="tuned", choices=["default", "tuned"],
+                 help="glibc malloc settings of spot's measuring processes (spot.runtime)")
+  p.add_argument("--sides", default="unpacked,packed,packed_remat,peft",
+                 help="comma-separated subset of unpacked,packed,packed_remat (packed with "
+                      "remat full: less memory for more compute),peft")
   p.add_argument("--eval", action="store_true", help="also time fixed vs bucketed scoring")
   p.add_argument("--threads", type=int, default=None)
   p.add_argument("--json", action="store_true", help="print every figure as JSON at the end")
@@ -382,7 +396,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = p.parse_args(argv)
   if args._child:
     bench_train.limit_threads(args.threads)
-    bench_train.runtime.configure_host_memory({"SPOT_HOST_MALLOC": "tuned"})
+    bench_train.runtime.configure_host_memory(
+        {"SPOT_HOST_MALLOC": "default" if args._child == "peft" else args.malloc})
     raw = json.loads(args._config)
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     if args._child == "prepare":
@@ -402,9 +417,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(json.dumps(result), flush=True)
     return
   sides = [s for s in args.sides.split(",") if s]
-  unknown = set(sides) - {"unpacked", "packed", "peft"}
+  unknown = set(sides) - {"unpacked", "packed", "packed_remat", "peft"}
   if unknown:
-    p.error(f"--sides: unknown {sorted(unknown)}; choose from unpacked,packed,peft")
+    p.error(f"--sides: unknown {sorted(unknown)}; choose from unpacked,packed,packed_remat,peft")
   spm = args.spm or str(pathlib.Path(args.data_dir) / "t5_vocab" / "spiece.model")
   results: dict[str, Any] = {}
   with tempfile.TemporaryDirectory(prefix="bench_packing_") as tmp:
@@ -412,11 +427,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  input_length=args.input_length, target_length=args.target_length,
                  prompt_length=args.prompt_length, examples_per_step=args.examples_per_step,
                  steps=args.steps, warmup=args.warmup, overrides=tuple(args.override),
+                 remat=args.remat,
                  checkpoint=str(pathlib.Path(tmp) / "t5x"), hf_dir=str(pathlib.Path(tmp) / "hf"),
                  examples_file=str(pathlib.Path(tmp) / "examples.json"))
     _child("prepare", cfg, args.threads)
     for side in sides:
-      results[side] = _child(side, cfg, args.threads)
+      side_cfg = dataclasses.replace(cfg, remat="full") if side == "packed_remat" else cfg
+      results[side] = _child("packed" if side == "packed_remat" else side, side_cfg,
+                             args.threads, args.malloc)
+      if side == "packed_remat":
+        results[side]["label"] = results[side]["label"].replace("(b)", "(b')")
       print(_line(results[side]), flush=True)
     if args.eval:
       for kind in ("eval_fixed", "eval_bucketed"):
@@ -436,6 +456,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"(b)/(c) spot packed / PEFT examples/s: {ratios['packed_vs_peft']:.2f}x "
           "(target >= 1.5x)", flush=True)
     print(f"(b)/(c) peak RSS: {ratios['packed_vs_peft_rss']:.2f}x (target <= 1.0x)", flush=True)
+  if "packed_remat" in eps and "peft" in eps:
+    ratios["packed_remat_vs_peft"] = eps["packed_remat"] / eps["peft"]
+    ratios["packed_remat_vs_peft_rss"] = (results["packed_remat"]["peak_rss_mib"]
+                                          / results["peft"]["peak_rss_mib"])
+    print(f"(b')/(c) spot packed, remat full / PEFT examples/s: "
+          f"{ratios['packed_remat_vs_peft']:.2f}x (target >= 1.5x)", flush=True)
+    print(f"(b')/(c) peak RSS: {ratios['packed_remat_vs_peft_rss']:.2f}x (target <= 1.0x)",
+          flush=True)
   if "packed" in results:
     print(f"(b) real-token fraction: {100 * results['packed']['real_token_fraction']:.1f}% "
           "(target >= 85%)", flush=True)
