@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import test_partitioning as tp
+from tests import helpers as tp
 from spot import distributed
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MESHES = ("1", "8x1", "4x2", "2x4", "1x8")
+# The worker jobs (started once, shared with tests/test_distributed.py) are in tests/helpers.py.
+from tests.helpers import MESHES, TWO_PROCESS_MESHES, assert_same_run, results  # noqa: E402
 STEPS = 3
 BATCH = 8
 LENGTHS = {"inputs": 8, "targets": 4}
@@ -188,91 +189,9 @@ def test_cache_specs_shard_batch_and_heads():
 # ------------------------------------------------------------------------------
 
 
-def run_worker(out: pathlib.Path, workdir: pathlib.Path, devices: int,
-               extra: tuple = ()) -> subprocess.Popen:
-  """Starts the worker below with `devices` forced CPU devices."""
-  # Low LLVM optimisation: the tiny programs run in milliseconds, compiling dominates.
-  flags = (f"--xla_force_host_platform_device_count={devices} "
-           "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=flags,
-             PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-  cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--out", str(out),
-         "--workdir", str(workdir), *extra]
-  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: int = 900) -> str:
-  """Waits for a worker; a failure shows the end of its log."""
-  try:
-    log, _ = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    log, _ = proc.communicate()
-  assert proc.returncode == 0, log[-4000:]
-  return log
-
-
-TWO_PROCESS_MESHES = ("4x2", "1x8")
-_JOBS: dict = {}
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _start(tmp_path_factory) -> dict:
-  """Starts the 8-device worker and a two-process run (4 devices each) side by side.
-
-  Both are CPU-bound with mostly single-threaded compiles, so on a 2-core CI
-  machine running them together roughly halves the wall time.
-  """
-  if not _JOBS:
-    atexit.register(_stop_jobs)
-    tmp = tmp_path_factory.mktemp("mesh")
-    port = str(free_port())
-    _JOBS["8"] = (tmp / "eight.json", [run_worker(tmp / "eight.json", tmp / "eight", 8, (
-        "--meshes", ",".join(MESHES), "--checks"))])
-    _JOBS["2x4"] = (tmp / "two.json", [
-        run_worker(tmp / "two.json", tmp / "two", 4, (
-            "--meshes", ",".join(TWO_PROCESS_MESHES), "--num_processes", "2",
-            "--process_id", str(i), "--port", port)) for i in range(2)])
-  return _JOBS
-
-
-def _stop_jobs() -> None:
-  """Ends workers nobody waited for (e.g. when only one test module was selected)."""
-  for _, procs in _JOBS.values():
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-def results(tmp_path_factory, key: str) -> dict:
-  """The JSON of a worker job ("8": 8 devices; "2x4": 2 processes x 4 devices), once."""
-  out, procs = _start(tmp_path_factory)[key]
-  if procs:
-    for proc in procs:
-      finish(proc)
-    procs.clear()
-  return json.loads(out.read_text())
-
-
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory) -> dict:
   return results(tmp_path_factory, "8")
-
-
-def assert_same_run(got: dict, want: dict, what: str, rtol: float = 2e-4):
-  """Same steps, losses and final prompt to float tolerance."""
-  assert [s for s, _ in got["losses"]] == [s for s, _ in want["losses"]], what
-  np.testing.assert_allclose([l for _, l in got["losses"]], [l for _, l in want["losses"]],
-                             rtol=rtol, err_msg=f"{what}: loss trajectory")
-  np.testing.assert_allclose(np.asarray(got["prompt"]), np.asarray(want["prompt"]),
-                             rtol=rtol, atol=1e-5, err_msg=f"{what}: final prompt")
 
 
 @pytest.mark.parametrize("mesh", MESHES[1:])

@@ -124,7 +124,7 @@ def spot_run(shared_data: pathlib.Path, tmp_path_factory) -> dict[str, Any]:
   import jax.numpy as jnp
   from spot.train import checkpointing, trainer
   from spot.train.data import DatasetConfig
-  from tests.train import helpers
+  from tests import helpers
 
   task = helpers.register_sst2(shared_data, prefix="ckpt_glue")
   model = helpers.tiny_prompt_model(shared_data, prompt_length=4)

@@ -13,7 +13,7 @@ import pytest
 from spot.models import T5, get_config, layers
 from spot.models import scan as scan_lib
 from spot.prompts import FactorizedPrompt, MultiTaskPrompt, PrefixPrompt
-from tests import packing_helpers as ph
+from tests import helpers as ph
 
 CONFIG = get_config("t5_1_1_tiny", dropout_rate=0.0).replace(
     vocab_size=96, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
@@ -211,7 +211,7 @@ def test_packed_loss_and_gradient_on_an_8_device_mesh_equal_one_device():
            "--xla_llvm_disable_expensive_passes=true")
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=flags,
              PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.run([sys.executable, "-m", "tests.packing_helpers", "4x2"], cwd=repo,
+  proc = subprocess.run([sys.executable, "-m", "tests.helpers", "packing-mesh", "4x2"], cwd=repo,
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]

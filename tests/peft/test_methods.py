@@ -17,7 +17,7 @@ from spot.train import optimizers, state as state_lib, trainable as trainable_li
 from spot.train.data import DatasetConfig
 from spot.train.models import EncoderDecoderModel
 
-from tests.train import helpers
+from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

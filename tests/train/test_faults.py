@@ -21,7 +21,7 @@ from orbax.checkpoint._src.path import atomicity
 from spot import errors
 from spot.train import checkpointing, optimizers, trainer
 
-from tests.train import helpers
+from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -120,7 +120,7 @@ def test_resume_reexports_a_lost_numpy_checkpoint(task, reference, tmp_path):
 WORKER = r"""
 import os, signal, sys
 from etils import epath
-from tests.train import helpers
+from tests import helpers
 model_dir, step = sys.argv[1], int(sys.argv[2])
 cls = type(epath.Path("/"))
 original = cls.rename

@@ -15,7 +15,7 @@ from spot.models import get_config
 from spot.prompts import MultiTaskPrompt, PrefixPrompt
 from spot.train import batching, inference
 from spot.train.models import EncoderDecoderModel
-from tests import packing_helpers as ph
+from tests import helpers as ph
 
 EOS = 1
 CONFIG = get_config("t5_1_1_tiny", dropout_rate=0.0).replace(
@@ -242,7 +242,7 @@ def test_evaluator_by_length_gives_the_fixed_shape_results(tiny):
   import types
   import tensorflow as tf
   from spot.train import data as data_lib, evaluation
-  from tests.train import helpers
+  from tests import helpers
   model, params, _ = tiny
   task = helpers.register_tiny_task("test_model_api_tiny", metric_fns=[_count])
   eval_cfg = types.SimpleNamespace(tasks=[task], split="validation", task_feature_lengths=None,
@@ -262,7 +262,7 @@ def test_infer_by_length_writes_the_same_lines(tmp_path):
   from spot.train import data as data_lib
   import importlib
   infer_lib = importlib.import_module("spot.train.infer")  # spot.train exports the function
-  from tests.train import helpers
+  from tests import helpers
   task = helpers.register_tiny_task("test_model_api_infer", num_examples=22)
   cfg = data_lib.DatasetConfig(task, {"inputs": 32, "targets": 3}, split="validation",
                                batch_size=4, shuffle=False)

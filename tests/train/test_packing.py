@@ -13,7 +13,7 @@ import tensorflow as tf
 from spot.models import T5, get_config
 from spot.prompts import FactorizedPrompt, MultiTaskPrompt, PrefixPrompt
 from spot.train.data import PromptFeatureConverter, first_fit_indices
-from tests import packing_helpers as ph
+from tests import helpers as ph
 
 CONFIG = get_config("t5_1_1_tiny", dropout_rate=0.0).replace(
     vocab_size=96, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,

@@ -14,7 +14,7 @@ import tensorflow as tf
 from spot import report_writers
 from spot.train import checkpointing, evaluation, trainer
 
-from tests.train import helpers
+from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -16,7 +16,7 @@ from flax import traverse_util
 from spot.train import checkpointing, state as state_lib, trainer
 from spot.train.data import DatasetConfig
 
-from tests.train import helpers
+from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -107,7 +107,7 @@ def test_checkpoint_holds_only_trainable_state(sst2_run):
 
 WORKER = r"""
 import sys
-from tests.train import helpers
+from tests import helpers
 from spot.train import trainer
 from spot.train.data import DatasetConfig
 import pathlib
