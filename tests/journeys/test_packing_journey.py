@@ -19,12 +19,13 @@ pytestmark = pytest.mark.slow
 PROMPT_LENGTH = 4
 
 
-def train_flags(data, model_dir: pathlib.Path, steps: int, *extra: str) -> list[str]:
+def train_flags(data, model_dir: pathlib.Path, steps: int, *extra: str,
+                task: str = "spot_glue_rte") -> list[str]:
   return ["--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
           "--gin_file=spot/gin/runs/prompt_finetune.gin",
           f"--gin.INITIAL_CHECKPOINT_PATH='{data['checkpoint']}'",
           f"--gin.SPM_PATH='{data['spm']}'", f"--gin.DATA_DIR='{data['data_dir']}'",
-          "--gin.MIXTURE_OR_TASK_NAME='spot_glue_rte'", "--gin.MIXTURE_OR_TASK_MODULE='spot.tasks'",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.MIXTURE_OR_TASK_MODULE='spot.tasks'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}",
           f"--gin.PROMPT_LENGTH={PROMPT_LENGTH}", f"--gin.TRAIN_STEPS={steps}",
           "--gin.BATCH_SIZE=4", "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=0",
@@ -62,7 +63,7 @@ def test_packed_training_resumes_refuses_a_pack_change_and_evaluates(data, tmp_p
   results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
   assert 0.0 <= results["spot_glue_rte/accuracy"] <= 100.0
   spot("infer", "--gin_file=spot/gin/runs/prompt_infer.gin", *common,
-       f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'").check()
+       "--gin.INFER_NUM_EXAMPLES=8", f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'").check()
   lines = [json.loads(x) for f in (tmp_path / "infer" / "inference").glob("*.jsonl")
            for x in f.read_text().splitlines() if x.strip()]
   assert [line["index"] for line in lines] == list(range(len(lines)))  # input order
@@ -71,13 +72,15 @@ def test_packed_training_resumes_refuses_a_pack_change_and_evaluates(data, tmp_p
 
 def test_the_same_run_unpacked_trains_too_and_packing_puts_more_examples_in_a_step(
     data, tmp_path):
-  packed = spot("train", *train_flags(data, tmp_path / "p", 2)).check()
-  unpacked = spot("train", *train_flags(data, tmp_path / "u", 2, "--gin.PACK=False")).check()
+  # SST-2 sentences (about 22 tokens) leave room in a row of 4 + 64 positions.
+  packed = spot("train", *train_flags(data, tmp_path / "p", 2, task="spot_glue_sst2")).check()
+  unpacked = spot("train", *train_flags(data, tmp_path / "u", 2, "--gin.PACK=False",
+                                        task="spot_glue_sst2")).check()
   assert json.loads((tmp_path / "u" / "run.json").read_text())["pack"] is False
   prompt = lambda d: np.load(d / "numpy_checkpoints" / "checkpoint_2" /
                              "encoder.prompt.prompt.prompt")
   assert prompt(tmp_path / "p").shape == prompt(tmp_path / "u").shape == (PROMPT_LENGTH, 4)
-  # Four rows per step either way; packed rows hold several RTE examples each.
+  # Four rows per step either way; packed rows hold several sentences each.
   per_step_packed = _examples_per_step(packed.stdout + packed.stderr)
   per_step_unpacked = _examples_per_step(unpacked.stdout + unpacked.stderr)
   assert per_step_unpacked == [4.0, 4.0]
