@@ -33,9 +33,11 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
   if name not in _EXPORTS:
     raise AttributeError(f"module 'spot.checkpoints' has no attribute {name!r}")
-  # Not cached here: the defining module stays the one place a name lives, so a
-  # test that patches spot.checkpoints.t5x.load_t5x is seen (and undone) here too.
-  return getattr(importlib.import_module(f"spot.checkpoints.{_EXPORTS[name]}"), name)
+  # Cached on first use, so gin, which registers `checkpoints.load_t5x_variable`
+  # by the object it finds, sees one function for the life of the process.
+  value = getattr(importlib.import_module(f"spot.checkpoints.{_EXPORTS[name]}"), name)
+  globals()[name] = value
+  return value
 
 
 def __dir__() -> list[str]:

@@ -125,9 +125,14 @@ def test_size_mismatch_is_found_from_metadata_before_loading(shared_data, tmp_pa
                                                             monkeypatch):
   """glue_mix (base) on the tiny checkpoint: one line naming the setting, the detected
   size and the gin fix, before any weight is read or MODEL_DIR is made."""
+  from spot import checkpoints
   from spot.checkpoints import t5x
   def no_load(*a, **k):
     raise AssertionError("weights were read")
+  # The package binds its names on first use (gin registers them by object): bind
+  # the real ones first, so the patch below stays inside this test.
+  assert checkpoints.load_t5x is t5x.load_t5x
+  assert checkpoints.load_t5x_variable is t5x.load_t5x_variable
   monkeypatch.setattr(t5x, "load_t5x", no_load)
   monkeypatch.setattr(t5x, "load_t5x_variable", no_load)
   ckpt = shared_data / "t5x_tiny_checkpoint" / "checkpoint_3"
