@@ -458,6 +458,9 @@ def _run_meta(model: EncoderDecoderModel, cfg: Any, trainable: Union[str, Sequen
       "batch_size": cfg.batch_size,
       "pack": bool(getattr(cfg, "pack", False)),
       "seed": seed,
+      # The parameter-efficient method, so eval, export and the library rebuild it.
+      "method": "prompt" if model.peft is None else model.peft.method,
+      "peft": None if model.peft is None else model.peft.to_dict(),
   }
 
 
