@@ -62,6 +62,15 @@ class RunSummary:
     results: {"task/metric": value or None}: the best evaluation, else the last.
     model_size: the model size name ("small", "base", ...).
     prompt_length: the prompt length, None without a prompt.
+    protocol: how `results` was chosen and scored: "dev" (selected and reported
+      on the same evaluation split) or "dev1/dev2" (checkpoint selected on dev1,
+      `results` scored on dev2).
+    selection_results: with "dev1/dev2", the dev1 scores selection used.
+    init_seed: the seed of the trainable parameters' initial values.
+    data_seed: the seed of the data order (and dropout).
+    peft: the parameter-efficient method's config dict (None: prompt or full).
+    num_trainable: how many parameters trained.
+    num_base: how many parameters the frozen base has.
   """
 
   model_dir: str
@@ -72,3 +81,10 @@ class RunSummary:
   results: Mapping[str, Optional[float]]
   model_size: str
   prompt_length: Optional[int] = None
+  protocol: str = "dev"
+  selection_results: Optional[Mapping[str, Optional[float]]] = None
+  init_seed: Optional[int] = None
+  data_seed: Optional[int] = None
+  peft: Optional[Mapping[str, Any]] = None
+  num_trainable: Optional[int] = None
+  num_base: Optional[int] = None
