@@ -418,6 +418,37 @@ def relative_error_reduction(baseline: Optional[float],
   return None if err_base == 0 else 100.0 * (err_base - err_method) / err_base
 
 
+def average_relative_gain(scores: Mapping[str, Optional[float]],
+                          baselines: Mapping[str, Optional[float]]) -> float:
+  """ARG (CrossFit): the mean over tasks of (P - P0) / P0 * 100, in percent.
+
+  Args:
+    scores: {task: P}, the method's score per task.
+    baselines: {task: P0}, the baseline's score per task.
+
+  Returns:
+    The mean relative gain over the tasks both map (others are left out), e.g.
+    P = {a: 60, b: 45} over P0 = {a: 50, b: 50} gives (20 + -10) / 2 = 5.0.
+
+  Raises:
+    DataError: no task in common, or a common task whose P0 is 0 or whose P
+      or P0 is missing (None / not finite), naming the tasks.
+  """
+  common = sorted(set(scores) & set(baselines))
+  if not common:
+    raise errors.DataError(
+        f"ARG: the method ({', '.join(sorted(scores)) or 'no tasks'}) and the baseline "
+        f"({', '.join(sorted(baselines)) or 'no tasks'}) share no task; run both on the same tasks.")
+  undefined = [t for t in common
+               if _finite(baselines[t]) in (None, 0.0) or _finite(scores[t]) is None]
+  if undefined:
+    raise errors.DataError(
+        f"ARG: tasks {', '.join(undefined)} have a baseline score of 0 or a missing score, so "
+        "the relative gain is undefined; leave them out or rerun them.")
+  return statistics.fmean(100.0 * (float(scores[t]) - float(baselines[t])) / float(baselines[t])
+                          for t in common)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
   """Mean and sample standard deviation (None for a single value; both None
   for none)."""
