@@ -53,6 +53,14 @@ from spot.checkpoints import run_dir as run_layout
 
 METRICS_FILE = run_layout.METRICS_JSON
 DEFAULT_BASELINE = "prompt_tuning"
+# How a run's reported scores were selected and scored (spot.train.config.RunSummary).
+DEFAULT_PROTOCOL = "dev"
+PROTOCOLS: dict[str, str] = {
+    "dev": "checkpoint selected and scored on the same validation split",
+    "dev1/dev2": "checkpoint selected (and early stopping) on dev1, scored on dev2",
+}
+# The trainer's labels when it is given none; a PEFT run so labelled is grouped by its method.
+DEFAULT_LABELS = frozenset({"prompt_tuning", "model_tuning"})
 # Methods whose runs are candidates of one selection even when their
 # metrics.json predates the "candidate" field (the directory names them).
 CANDIDATE_METHOD_MARK = "best_of_top_k"
@@ -93,6 +101,31 @@ class Run:
   selection: Optional[Mapping[str, Any]] = None
   candidates: tuple[Mapping[str, Any], ...] = ()
   selected_by: Optional[str] = None
+  protocol: str = DEFAULT_PROTOCOL
+  selection_scores: Optional[Mapping[str, Optional[float]]] = None
+  init_seed: Optional[int] = None
+  data_seed: Optional[int] = None
+  peft: Optional[Mapping[str, Any]] = None
+  num_trainable: Optional[int] = None
+  num_base: Optional[int] = None
+
+  @property
+  def group(self) -> str:
+    """The method the report groups this run under: the PEFT method ("lora", ...)
+    when the run has one and only the trainer's default label, else the label."""
+    peft_method = (self.peft or {}).get("method")
+    if peft_method and self.method in DEFAULT_LABELS:
+      return str(peft_method)
+    return self.method
+
+  @property
+  def seed_label(self) -> str:
+    """The seed as the report names it: "3", or "3 (init 1, data 2)" when split."""
+    split = [(k, v) for k, v in (("init", self.init_seed), ("data", self.data_seed))
+             if v is not None and v != self.seed]
+    if not split:
+      return str(self.seed)
+    return f"{self.seed} ({', '.join(f'{k} {v}' for k, v in split)})"
 
   @property
   def score(self) -> Optional[float]:
@@ -138,9 +171,75 @@ def _check_selection(selection: Any, where: str) -> Optional[dict[str, Any]]:
   return dict(selection)
 
 
+def _check_seed(name: str, value: Any, where: str) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise errors.DataError(f"{where}: {name!r} must be an integer or null, got {value!r}; {_FIX}.")
+  return value
+
+
+def _check_count(name: str, value: Any, where: str) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise errors.DataError(f"{where}: {name!r} must be a parameter count (an integer >= 0) or "
+                           f"null, got {value!r}; {_FIX}.")
+  return value
+
+
+def _check_scores(name: str, scores: Any, where: str, task: Any,
+                  on_non_finite: str) -> dict[str, Optional[float]]:
+  """{metric: float or None}; non-finite values become None (warned when "warn")."""
+  if not isinstance(scores, Mapping) or not scores:
+    raise errors.DataError(f"{where}: {name!r} must be a non-empty {{metric: value}} mapping, "
+                           f"got {scores!r}; {_FIX}.")
+  clean: dict[str, Optional[float]] = {}
+  for metric, value in scores.items():
+    if not isinstance(metric, str) or not (value is None or _is_number(value)):
+      raise errors.DataError(f"{where}: score {metric!r} = {value!r} is not a number; {_FIX}.")
+    clean[metric] = _finite(value)
+    if clean[metric] is None and value is not None and on_non_finite == "warn":
+      warnings.warn(f"{where}: metric {metric!r} of task {task!r} is {value!r}, not a finite "
+                    "number; it is written as null and the task has no score for this run "
+                    "(STS-B's correlations are NaN while predictions are constant).",
+                    NonFiniteMetricWarning, stacklevel=4)
+  return clean
+
+
+def _check_facts(facts: Mapping[str, Any], where: str, task: Any,
+                 on_non_finite: str) -> dict[str, Any]:
+  """The protocol, seeds, PEFT method and parameter counts, checked; absent ones default."""
+  protocol = facts.get("protocol")
+  protocol = DEFAULT_PROTOCOL if protocol is None else protocol
+  if not isinstance(protocol, str) or not protocol:
+    raise errors.DataError(f"{where}: 'protocol' must be a non-empty string such as "
+                           f"{' or '.join(map(repr, PROTOCOLS))}, got {protocol!r}; {_FIX}.")
+  selection_scores = facts.get("selection_scores")
+  if selection_scores is not None:
+    selection_scores = _check_scores("selection_scores", selection_scores, where, task,
+                                     on_non_finite)
+  peft = facts.get("peft")
+  if peft is not None and (not isinstance(peft, Mapping)
+                           or not isinstance(peft.get("method"), str)):
+    raise errors.DataError(f"{where}: 'peft' must be the method's config "
+                           f"{{\"method\": \"lora\", ...}} or null, got {peft!r}; {_FIX}.")
+  return {"protocol": protocol, "selection_scores": selection_scores,
+          "init_seed": _check_seed("init_seed", facts.get("init_seed"), where),
+          "data_seed": _check_seed("data_seed", facts.get("data_seed"), where),
+          "peft": None if peft is None else dict(peft),
+          "num_trainable": _check_count("num_trainable", facts.get("num_trainable"), where),
+          "num_base": _check_count("num_base", facts.get("num_base"), where)}
+
+
+# The run facts beyond task, method, seed and scores that metrics.json records.
+FACT_KEYS = ("protocol", "selection_scores", "init_seed", "data_seed", "peft", "num_trainable",
+             "num_base")
+
+
 def _check_run(task: Any, method: Any, seed: Any, scores: Any, where: str, *,
                candidate: Any = None, selection: Any = None,
-               on_non_finite: str = "null") -> Run:
+               on_non_finite: str = "null", facts: Optional[Mapping[str, Any]] = None) -> Run:
   """Validates a run's fields; non-finite scores become None (warned when
   `on_non_finite` is "warn")."""
   for field, value in (("task", task), ("method", method)):
@@ -149,24 +248,13 @@ def _check_run(task: Any, method: Any, seed: Any, scores: Any, where: str, *,
                              f"{_FIX}.")
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise errors.DataError(f"{where}: 'seed' must be an integer, got {seed!r}; {_FIX}.")
-  if not isinstance(scores, Mapping) or not scores:
-    raise errors.DataError(f"{where}: 'scores' must be a non-empty {{metric: value}} mapping, "
-                           f"got {scores!r}; {_FIX}.")
+  clean = _check_scores("scores", scores, where, task, on_non_finite)
   if candidate is not None and (not isinstance(candidate, str) or not candidate):
     raise errors.DataError(f"{where}: 'candidate' must be a non-empty string (the source the "
                            f"candidate run started from), got {candidate!r}.")
-  clean: dict[str, Optional[float]] = {}
-  for name, value in scores.items():
-    if not isinstance(name, str) or not (value is None or _is_number(value)):
-      raise errors.DataError(f"{where}: score {name!r} = {value!r} is not a number; {_FIX}.")
-    clean[name] = _finite(value)
-    if clean[name] is None and value is not None and on_non_finite == "warn":
-      warnings.warn(f"{where}: metric {name!r} of task {task!r} is {value!r}, not a finite "
-                    "number; it is written as null and the task has no score for this run "
-                    "(STS-B's correlations are NaN while predictions are constant).",
-                    NonFiniteMetricWarning, stacklevel=3)
   return Run(task, method, seed, clean, where, candidate=candidate,
-             selection=_check_selection(selection, where))
+             selection=_check_selection(selection, where),
+             **_check_facts(facts or {}, where, task, on_non_finite))
 
 
 def _json_safe(value: Any, where: str) -> Any:
@@ -186,7 +274,13 @@ def write_run_metrics(run_dir: epath.PathLike, task: str, method: str, seed: int
                       scores: Mapping[str, float], *, step: Optional[int] = None,
                       extra: Optional[Mapping[str, Any]] = None,
                       candidate: Optional[str] = None,
-                      selection: Optional[Mapping[str, Any]] = None) -> epath.Path:
+                      selection: Optional[Mapping[str, Any]] = None,
+                      protocol: str = DEFAULT_PROTOCOL,
+                      selection_scores: Optional[Mapping[str, Optional[float]]] = None,
+                      init_seed: Optional[int] = None, data_seed: Optional[int] = None,
+                      peft: Optional[Mapping[str, Any]] = None,
+                      num_trainable: Optional[int] = None,
+                      num_base: Optional[int] = None) -> epath.Path:
   """Marks `run_dir` as a finished run by writing its `metrics.json`.
 
   A score that is NaN or infinite is written as `null` with a
@@ -207,16 +301,31 @@ def write_run_metrics(run_dir: epath.PathLike, task: str, method: str, seed: int
     selection: how the report picks among the candidates:
       {"rule": "best_of_top_k", "metric": "accuracy", "selected": True|False};
       "selected" decides when given, else the highest "metric" wins.
+    protocol: how `scores` were selected and scored: "dev" (one validation
+      split for both) or "dev1/dev2" (selected on dev1, `scores` on dev2).
+    selection_scores: with "dev1/dev2", the dev1 scores selection used.
+    init_seed: the seed of the trainable parameters' initial values.
+    data_seed: the seed of the data order.
+    peft: the parameter-efficient method's config ({"method": "lora", ...});
+      None for a prompt or full model run.
+    num_trainable: how many parameters trained.
+    num_base: how many parameters the frozen base has.
 
   Returns:
     The path written.
   """
   path = epath.Path(run_dir) / METRICS_FILE
   where = os.fspath(path)
+  facts = {"protocol": protocol, "selection_scores": selection_scores, "init_seed": init_seed,
+           "data_seed": data_seed, "peft": peft, "num_trainable": num_trainable,
+           "num_base": num_base}
   run = _check_run(task, method, seed, scores, where, candidate=candidate,
-                   selection=selection, on_non_finite="warn")
+                   selection=selection, on_non_finite="warn", facts=facts)
   record: dict[str, Any] = {"task": run.task, "method": run.method, "seed": run.seed,
-                            "scores": dict(run.scores)}
+                            "scores": dict(run.scores), "protocol": run.protocol}
+  for key in FACT_KEYS[1:]:
+    if getattr(run, key) is not None:
+      record[key] = _json_safe(getattr(run, key), f"{where}: {key}")
   if step is not None:
     record["step"] = int(step)
   if extra:
@@ -246,7 +355,8 @@ def mark_candidate(run_dir: epath.PathLike, candidate: str, *, rule: str = "best
                **({"selected": bool(selected)} if selected is not None else {})}
   return write_run_metrics(run_dir, run.task, run.method, run.seed, run.scores,
                            step=record.get("step"), extra=record.get("extra"),
-                           candidate=candidate, selection=selection)
+                           candidate=candidate, selection=selection,
+                           **{key: getattr(run, key) for key in FACT_KEYS})
 
 
 def _read_record(path: epath.Path) -> dict[str, Any]:
@@ -260,7 +370,8 @@ def _read_record(path: epath.Path) -> dict[str, Any]:
 def _run_from_record(record: Mapping[str, Any], path: epath.Path) -> Run:
   return _check_run(record.get("task"), record.get("method"), record.get("seed"),
                     record.get("scores"), os.fspath(path), candidate=record.get("candidate"),
-                    selection=record.get("selection"))
+                    selection=record.get("selection"),
+                    facts={key: record.get(key) for key in FACT_KEYS})
 
 
 def read_run(path: epath.PathLike) -> Run:
@@ -352,7 +463,7 @@ def find_runs(dirs: Sequence[epath.PathLike]) -> list[Run]:
   the selected one (`select_candidate`). Any other (task, method, seed) twice
   is an error, since the report could not tell which one to believe.
   """
-  groups: dict[tuple[str, str, int], dict[str, Run]] = {}
+  groups: dict[tuple[Any, ...], dict[str, Run]] = {}
   for d in dirs:
     root = epath.Path(d)
     if not root.exists():
@@ -367,9 +478,10 @@ def find_runs(dirs: Sequence[epath.PathLike]) -> list[Run]:
                               f"(holding {METRICS_FILE}) or folders of them.")
     for path in paths:
       run = read_run(path)
-      groups.setdefault((run.task, run.method, run.seed), {})[run.path] = run
+      key = (run.task, run.group, run.protocol, run.seed, run.init_seed, run.data_seed)
+      groups.setdefault(key, {})[run.path] = run
   runs = []
-  for (task, method, seed), by_path in groups.items():
+  for (task, method, protocol, *_), by_path in groups.items():
     group = list(by_path.values())
     if len(group) == 1 and group[0].candidate is None:
       runs.append(group[0])
@@ -377,11 +489,20 @@ def find_runs(dirs: Sequence[epath.PathLike]) -> list[Run]:
       runs.append(select_candidate(group))
     else:
       paths = sorted(by_path)
+      seed = group[0].seed_label
+      in_protocol = "" if protocol == DEFAULT_PROTOCOL else f", protocol {protocol}"
       raise errors.DataError(
-          f"Two runs of task {task!r}, method {method!r}, seed {seed}: {paths[0]} and "
+          f"Two runs of task {task!r}, method {method!r}, seed {seed}{in_protocol}: {paths[0]} and "
           f"{paths[1]}. Remove one, give them different seeds or methods, or, if they are "
           "candidates of one selection, record it (spot.report.mark_candidate).")
-  return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
+  return sorted(runs, key=lambda r: (r.task, r.group, _protocol_order(r.protocol), r.seed,
+                                     r.init_seed or 0, r.data_seed or 0))
+
+
+def _protocol_order(protocol: str) -> tuple[int, str]:
+  """Known protocols first, in PROTOCOLS' order, then others by name."""
+  known = list(PROTOCOLS)
+  return (known.index(protocol) if protocol in known else len(known), protocol)
 
 
 # --------------------------------------------------------------- summarise
@@ -467,55 +588,52 @@ def _benchmark_keys(bench: str, tasks: Sequence[str]) -> list[str]:
   return keys
 
 
-def summarize(runs: Sequence[Run], baseline: Optional[str] = None) -> dict[str, Any]:
-  """The report as plain data (what report.json holds).
+def _cell(task: str, method: str, protocol: str, group: Sequence[Run],
+          notes: list[str]) -> dict[str, Any]:
+  """One (task, method, protocol): the score's mean / std / min / max over seeds, per metric."""
+  scored = [r for r in group if r.score is not None]
+  values = [r.score for r in scored]
+  mean, std = _mean_std(values)
+  per_metric = {}
+  for m in sorted({m for r in group for m in r.scores}):
+    m_values = [r.scores[m] for r in group if r.scores.get(m) is not None]
+    m_mean, m_std = _mean_std(m_values)
+    per_metric[m] = {"mean": m_mean, "std": m_std, "n": len(m_values)}
+  for r in group:
+    if r.score is None:
+      notes.append(f"{task} / {method} seed {r.seed_label}: no score ({', '.join(r.null_metrics)} "
+                   "not finite); left out of the mean.")
+  selections = [{"seed": r.seed, "selected": r.candidate, "of": len(r.candidates),
+                 "by": r.selected_by, "candidates": list(r.candidates)}
+                for r in group if r.candidates]
+  per_seed = [{"seed": r.seed, "init_seed": r.init_seed, "data_seed": r.data_seed,
+               "label": r.seed_label, "score": r.score, "path": r.path,
+               **({"selection_score": _mean_or_none(r.selection_scores)}
+                  if r.selection_scores else {})} for r in group]
+  return {"task": task, "method": method, "protocol": protocol, "benchmark": benchmark_of(task),
+          "seeds": [r.seed for r in group], "n": len(scored), "n_runs": len(group),
+          "null_seeds": [r.seed for r in group if r.score is None],
+          "score_mean": mean, "score_std": std,
+          "score_min": min(values) if values else None,
+          "score_max": max(values) if values else None,
+          "per_seed": per_seed, "metrics": per_metric, "rer": None, "selections": selections}
 
-  Args:
-    runs: finished runs.
-    baseline: the method RER is measured against; None for no RER.
 
-  Returns:
-    {"baseline", "methods", "tasks", "cells", "averages", "notes", "runs"}: a
-    cell per (task, method) with the score's and each metric's mean / std over
-    the seeds that have a value (`n` of `n_runs`) and the RER; an average per
-    (benchmark, method) over the tasks with a score, `n_tasks` of the
-    benchmark's `of_tasks`.
-  """
-  if not runs:
-    raise errors.DataError("No finished runs to report.")
-  methods = sorted({r.method for r in runs}, key=lambda m: (m != baseline, m))
-  if baseline is not None and baseline not in methods:
-    raise errors.UsageError(f"--baseline {baseline!r} has no runs; pass one of the methods "
-                            f"found: {', '.join(methods)}.")
-  tasks = sorted({r.task for r in runs}, key=lambda t: (benchmark_of(t), t))
-  notes: list[str] = []
-  cells: dict[tuple[str, str], dict[str, Any]] = {}
-  for task in tasks:
-    for method in methods:
-      group = [r for r in runs if r.task == task and r.method == method]
-      if not group:
-        continue
-      scored = [r for r in group if r.score is not None]
-      mean, std = _mean_std([r.score for r in scored])
-      metric_names = sorted({m for r in group for m in r.scores})
-      per_metric = {}
-      for m in metric_names:
-        values = [r.scores[m] for r in group if r.scores.get(m) is not None]
-        m_mean, m_std = _mean_std(values)
-        per_metric[m] = {"mean": m_mean, "std": m_std, "n": len(values)}
-      null_seeds = [r.seed for r in group if r.score is None]
-      for r in group:
-        if r.score is None:
-          notes.append(f"{task} / {method} seed {r.seed}: no score ({', '.join(r.null_metrics)} "
-                       "not finite); left out of the mean.")
-      selections = [{"seed": r.seed, "selected": r.candidate, "of": len(r.candidates),
-                     "by": r.selected_by, "candidates": list(r.candidates)}
-                    for r in group if r.candidates]
-      cells[task, method] = {"task": task, "method": method, "benchmark": benchmark_of(task),
-                             "seeds": [r.seed for r in group], "n": len(scored),
-                             "n_runs": len(group), "null_seeds": null_seeds,
-                             "score_mean": mean, "score_std": std, "metrics": per_metric,
-                             "rer": None, "selections": selections}
+def _mean_or_none(scores: Optional[Mapping[str, Optional[float]]]) -> Optional[float]:
+  """The mean of `scores`' values; None when there are none or one is missing."""
+  values = [_finite(v) for v in (scores or {}).values()]
+  return None if not values or None in values else statistics.fmean(values)
+
+
+def _one_count(values: Iterable[Optional[int]]) -> Optional[int]:
+  """The count the runs agree on; None when none has one or they differ."""
+  distinct = {v for v in values if v is not None}
+  return distinct.pop() if len(distinct) == 1 else None
+
+
+def _averages(cells: Mapping[tuple[str, str, str], Mapping[str, Any]], tasks: Sequence[str],
+              methods: Sequence[str], protocol: str) -> list[dict[str, Any]]:
+  """An average per (benchmark, method) of one protocol, over the tasks with a score."""
   averages = []
   benchmarks = sorted({benchmark_of(t) for t in tasks})
   # (benchmark, key) of every task a benchmark average should cover
@@ -525,37 +643,120 @@ def summarize(runs: Sequence[Run], baseline: Optional[str] = None) -> dict[str, 
     bench_tasks = [t for t in tasks if bench == "All" or benchmark_of(t) == bench]
     expected = [bk for b in benchmarks for bk in keys[b]] if bench == "All" else keys[bench]
     for method in methods:
-      have = [t for t in bench_tasks
-              if (t, method) in cells and cells[t, method]["score_mean"] is not None]
+      have = [t for t in bench_tasks if (t, method, protocol) in cells
+              and cells[t, method, protocol]["score_mean"] is not None]
       if not have:
         continue
       covered = {(benchmark_of(t), benchmark_task(t)) for t in have}
       missing = [k if bench != "All" else f"{b}/{k}" for b, k in expected
                  if (b, k) not in covered]
-      averages.append({"benchmark": bench, "method": method, "n_tasks": len(covered),
-                       "of_tasks": max(len(expected), len(covered)), "tasks": have,
-                       "missing": missing,
-                       "score_mean": statistics.fmean(cells[t, method]["score_mean"]
+      averages.append({"benchmark": bench, "method": method, "protocol": protocol,
+                       "n_tasks": len(covered), "of_tasks": max(len(expected), len(covered)),
+                       "tasks": have, "missing": missing,
+                       "score_mean": statistics.fmean(cells[t, method, protocol]["score_mean"]
                                                       for t in have),
                        "rer": None})
+  return averages
+
+
+def _method_rows(runs: Sequence[Run], cells: Mapping[tuple[str, str, str], Mapping[str, Any]],
+                 methods: Sequence[str], protocols: Sequence[str], baseline: Optional[str],
+                 notes: list[str]) -> list[dict[str, Any]]:
+  """Per (method, protocol): tunable parameters, per-task mean ± std, mean RER and ARG."""
+  rows = []
+  for protocol in protocols:
+    for method in methods:
+      group = [r for r in runs if r.group == method and r.protocol == protocol]
+      if not group:
+        continue
+      trainable = _one_count(r.num_trainable for r in group)
+      base = _one_count(r.num_base for r in group)
+      if len({r.num_trainable for r in group} - {None}) > 1:
+        notes.append(f"{method} ({protocol}): runs train different numbers of parameters "
+                     f"({', '.join(str(n) for n in sorted({r.num_trainable for r in group} - {None}))}); "
+                     "no single count is shown.")
+      mine = {t: c for (t, m, p), c in cells.items() if m == method and p == protocol}
+      rers = [c["rer"] for c in mine.values() if c["rer"] is not None]
+      arg = None
+      if baseline is not None and method != baseline:
+        base_cells = {t: c for (t, m, p), c in cells.items() if m == baseline and p == protocol}
+        common = sorted(set(mine) & set(base_cells))
+        if common:
+          try:
+            arg = average_relative_gain({t: mine[t]["score_mean"] for t in common},
+                                        {t: base_cells[t]["score_mean"] for t in common})
+          except errors.DataError as e:
+            notes.append(f"{method} ({protocol}): no ARG over {baseline}: {e}")
+      peft_methods = sorted({(r.peft or {}).get("method") for r in group} - {None})
+      rows.append({
+          "method": method, "protocol": protocol, "peft": peft_methods,
+          "num_trainable": trainable, "num_base": base,
+          "trainable_pct": (100.0 * trainable / base) if trainable is not None and base else None,
+          "tasks": {t: {"mean": c["score_mean"], "std": c["score_std"], "n": c["n"],
+                        "rer": c["rer"]} for t, c in sorted(mine.items())},
+          "rer_mean": statistics.fmean(rers) if rers else None, "n_rer_tasks": len(rers),
+          "arg": arg, "baseline": baseline if method != baseline else None})
+  return rows
+
+
+def summarize(runs: Sequence[Run], baseline: Optional[str] = None) -> dict[str, Any]:
+  """The report as plain data (what report.json holds).
+
+  Runs are grouped by `Run.group` (the method) and never averaged across
+  protocols: every cell, average, RER and ARG is of one protocol, and RER and
+  ARG compare with the baseline's runs of the same protocol.
+
+  Args:
+    runs: finished runs.
+    baseline: the method RER and ARG are measured against; None for neither.
+
+  Returns:
+    {"baseline", "methods", "tasks", "protocols", "cells", "averages",
+    "method_rows", "notes", "runs"}: a cell per (task, method, protocol) with
+    the score's mean / std / min / max over the seeds that have a value (`n`
+    of `n_runs`), each seed's score, each metric's mean / std, and the RER; an
+    average per (benchmark, method, protocol) over the tasks with a score,
+    `n_tasks` of the benchmark's `of_tasks`; a row per (method, protocol) with
+    the tunable parameters (count, % of the base), mean RER and ARG.
+  """
+  if not runs:
+    raise errors.DataError("No finished runs to report.")
+  methods = sorted({r.group for r in runs}, key=lambda m: (m != baseline, m))
+  if baseline is not None and baseline not in methods:
+    raise errors.UsageError(f"--baseline {baseline!r} has no runs; pass one of the methods "
+                            f"found: {', '.join(methods)}.")
+  tasks = sorted({r.task for r in runs}, key=lambda t: (benchmark_of(t), t))
+  protocols = sorted({r.protocol for r in runs}, key=_protocol_order)
+  notes: list[str] = []
+  cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+  for protocol in protocols:
+    for task in tasks:
+      for method in methods:
+        group = [r for r in runs if r.task == task and r.group == method and r.protocol == protocol]
+        if group:
+          cells[task, method, protocol] = _cell(task, method, protocol, group, notes)
+  averages = [a for p in protocols for a in _averages(cells, tasks, methods, p)]
   if baseline is not None:
-    for (task, method), cell in cells.items():
-      if method != baseline and (task, baseline) in cells:
-        cell["rer"] = relative_error_reduction(cells[task, baseline]["score_mean"],
+    for (task, method, protocol), cell in cells.items():
+      if method != baseline and (task, baseline, protocol) in cells:
+        cell["rer"] = relative_error_reduction(cells[task, baseline, protocol]["score_mean"],
                                                cell["score_mean"])
-    base_avg = {a["benchmark"]: a for a in averages if a["method"] == baseline}
+    base_avg = {(a["benchmark"], a["protocol"]): a for a in averages if a["method"] == baseline}
     for avg in averages:
-      base = base_avg.get(avg["benchmark"])
+      base = base_avg.get((avg["benchmark"], avg["protocol"]))
       # Only over the same tasks: otherwise the difference is the task mix.
       if avg["method"] != baseline and base is not None and avg["tasks"] == base["tasks"]:
         avg["rer"] = relative_error_reduction(base["score_mean"], avg["score_mean"])
   for avg in averages:
     if avg["n_tasks"] < avg["of_tasks"]:
-      notes.append(f"{avg['benchmark']} average of {avg['method']} covers {avg['n_tasks']} of "
-                   f"{avg['of_tasks']} tasks; missing: {', '.join(avg['missing'])}.")
-  return {"baseline": baseline, "methods": methods, "tasks": tasks,
-          "cells": list(cells.values()), "averages": averages, "notes": notes,
-          "runs": [dataclasses.asdict(r) for r in runs]}
+      of_protocol = f" ({avg['protocol']})" if len(protocols) > 1 else ""
+      notes.append(f"{avg['benchmark']} average of {avg['method']}{of_protocol} covers "
+                   f"{avg['n_tasks']} of {avg['of_tasks']} tasks; missing: "
+                   f"{', '.join(avg['missing'])}.")
+  method_rows = _method_rows(runs, cells, methods, protocols, baseline, notes)
+  return {"baseline": baseline, "methods": methods, "tasks": tasks, "protocols": protocols,
+          "cells": list(cells.values()), "averages": averages, "method_rows": method_rows,
+          "notes": notes, "runs": [dataclasses.asdict(r) for r in runs]}
 
 
 # ------------------------------------------------------------------ render

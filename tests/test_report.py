@@ -53,7 +53,7 @@ def test_write_and_read_a_run(tmp_path):
                                   {"accuracy": 70}, step=5, extra={"gin": "x.gin"})
   assert json.loads(path.read_text()) == {
       "task": "spot_glue_rte", "method": "spot_glue", "seed": 3,
-      "scores": {"accuracy": 70.0}, "step": 5, "extra": {"gin": "x.gin"}}
+      "scores": {"accuracy": 70.0}, "step": 5, "extra": {"gin": "x.gin"}, "protocol": "dev"}
   run = report.read_run(path)
   assert (run.task, run.method, run.seed, run.score) == ("spot_glue_rte", "spot_glue", 3, 70.0)
   assert [p.name for p in (tmp_path / "r").iterdir()] == ["metrics.json"]  # no temp left
@@ -325,7 +325,7 @@ def test_mark_candidate_after_the_runs_finished(tmp_path):
   record = json.loads((tmp_path / "src0" / "metrics.json").read_text())
   assert record == {"task": "t_glue_rte", "method": "spot_best_of_top_k", "seed": 1,
                     "scores": {"accuracy": 60.0}, "step": 10, "extra": {"gin": "a.gin"},
-                    "candidate": "src0",
+                    "candidate": "src0", "protocol": "dev",
                     "selection": {"rule": "best_of_top_k", "metric": "accuracy",
                                   "selected": True}}
   (run,) = report.find_runs([tmp_path])
