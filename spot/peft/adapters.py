@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from spot import errors
+from spot.peft.base import MethodConfig
 
 Array = jax.Array
 
@@ -42,7 +43,7 @@ class Bottleneck(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(MethodConfig):
   """Bottleneck adapters in every encoder and decoder layer.
 
   Attributes:
@@ -61,10 +62,6 @@ class AdapterConfig:
       raise errors.ConfigError(f"AdapterConfig.kind={self.kind!r}; choose one of {list(KINDS)}.")
     if int(self.hidden) <= 0:
       raise errors.ConfigError(f"AdapterConfig.hidden={self.hidden}; it must be positive.")
-
-  def dense_adapter(self, target: str) -> None:
-    del target
-    return None
 
   def block_adapter(self, kind: str) -> Optional[Callable[..., nn.Module]]:
     if kind == "mlp" or self.kind == "houlsby":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from spot import errors
+from spot.peft.base import MethodConfig
 from spot.peft.lora import check_targets
 
 Array = jax.Array
@@ -53,7 +54,7 @@ class IA3(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class IA3Config:
+class IA3Config(MethodConfig):
   """(IA)3 on the named projections of every layer (PEFT's T5 defaults).
 
   Attributes:
@@ -80,14 +81,6 @@ class IA3Config:
       return None
     ff = target in self.feedforward
     return lambda axes: IA3(ff, tuple(axes), name=self.PARAM)
-
-  def block_adapter(self, kind: str) -> None:
-    del kind
-    return None
-
-  @property
-  def trainable(self) -> tuple[str, ...]:
-    return (rf".*/{self.PARAM}/.*",)
 
   def to_dict(self) -> dict[str, Any]:
     return dict(method=self.method, targets=list(self.targets),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from spot import errors
+from spot.peft.base import MethodConfig
 
 Array = jax.Array
 
@@ -78,7 +79,7 @@ class LoRA(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(MethodConfig):
   """LoRA on the named projections of every encoder and decoder layer.
 
   Attributes:
@@ -115,15 +116,6 @@ class LoraConfig:
       return None
     return lambda axes: LoRA(int(self.rank), self.scale, float(self.dropout), tuple(axes),
                              name=self.PARAM)
-
-  def block_adapter(self, kind: str) -> None:
-    del kind
-    return None
-
-  @property
-  def trainable(self) -> tuple[str, ...]:
-    """Full-match regexes of this method's parameters ('/'-joined paths)."""
-    return (rf".*/{self.PARAM}/.*",)
 
   def to_dict(self) -> dict[str, Any]:
     return dict(method=self.method, rank=int(self.rank), alpha=float(self.alpha),

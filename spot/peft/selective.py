@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from spot import errors
+from spot.peft.base import MethodConfig
 from spot.peft.lora import TARGETS, check_targets
 
 Array = jax.Array
@@ -86,7 +87,7 @@ class Bias(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class BitFitConfig:
+class BitFitConfig(MethodConfig):
   """BitFit: zero-initialised biases on the named projections (default: all)."""
 
   targets: tuple[str, ...] = TARGETS
@@ -101,14 +102,6 @@ class BitFitConfig:
     if target not in self.targets:
       return None
     return lambda axes: Bias(tuple(axes), name=self.PARAM)
-
-  def block_adapter(self, kind: str) -> None:
-    del kind
-    return None
-
-  @property
-  def trainable(self) -> tuple[str, ...]:
-    return (rf".*/{self.PARAM}/.*",)
 
   def to_dict(self) -> dict[str, Any]:
     return dict(method=self.method, targets=list(self.targets))
