@@ -17,7 +17,9 @@ A run is finished when its model_dir holds `metrics.json` and a committed
 checkpoint at its last step; a rerun skips finished runs and the trainer
 resumes interrupted ones. A target that is also a source is never its own
 candidate. `plan` lists the runs in dependency order as one command each
-(`spot study run --dir DIR --only RUN_ID`), for launchers on other machines.
+(`spot study run --dir DIR --only RUN_ID`), for launchers on other machines;
+`pending_stages` groups the unfinished ones into stages a launcher runs in
+parallel, one stage after the other (spot.workflows.study_launch renders them).
 """
 
 from __future__ import annotations
@@ -468,3 +470,23 @@ def plan_commands(spec: StudySpec, study_dir: str, prog: str = "spot study run",
     else:
       lines.append(command)
   return lines
+
+
+def pending_stages(spec: StudySpec, study_dir: epath.PathLike) -> list[list[StudyRun]]:
+  """The study's unfinished runs in stages, for launchers that run a stage in parallel.
+
+  A run's stage is one past the latest stage of the unfinished runs it `needs`
+  (0 when all are finished), so each stage's runs are independent and need only
+  earlier stages: sources and baselines (whose early checkpoints are the task
+  embeddings), then the transfers and retrieval runs. Finished runs are left
+  out; empty stages are dropped.
+  """
+  study = epath.Path(study_dir)
+  pending = [r for r in plan_runs(spec) if not is_finished(study, r)]
+  stage: dict[str, int] = {}
+  for run in pending:  # plan_runs lists every run after the runs it needs
+    stage[run.run_id] = max((stage[n] + 1 for n in needs(spec, run) if n in stage), default=0)
+  stages: list[list[StudyRun]] = [[] for _ in range(max(stage.values(), default=-1) + 1)]
+  for run in pending:
+    stages[stage[run.run_id]].append(run)
+  return stages

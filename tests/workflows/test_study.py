@@ -213,11 +213,12 @@ def test_the_command_line_plan_writes_the_study_and_report_needs_one(tmp_path, c
           "--seeds", "0,1", "--source-steps", "4", "--target-steps", "4", "--embedding-step",
           "2", "--", "--gin_file=x.gin"]
   assert study_cli.main(args) == 0
-  lines = capsys.readouterr().out.strip().splitlines()
-  assert len(lines) == 2 * 2 + 1 * 2 + 2 * 2 + 1 * 2
+  out = capsys.readouterr().out.strip().splitlines()
+  lines = [x for x in out if not x.startswith("#")]  # the rest: a summary and stage headings
+  assert len(lines) == 2 * 2 + 1 * 2 + 2 * 2 + 1 * 2 and len(out) == len(lines) + 3
   assert study_lib.read_spec(d).train_flags == ("--gin_file=x.gin",)
   assert study_cli.main(["plan", "--dir", d]) == 0  # the study's own settings
-  assert capsys.readouterr().out.strip().splitlines() == lines
+  assert capsys.readouterr().out.strip().splitlines() == out
   with pytest.raises(errors.UsageError, match="--source TASK and --target TASK"):
     study_cli.main(["plan", "--dir", str(tmp_path / "t"), "--source", "a", "--", "--x"])
 

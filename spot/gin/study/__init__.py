@@ -1,0 +1,1 @@
+"""gin configuration files of transferability studies (`spot study run --gin_file=...`)."""
