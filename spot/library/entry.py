@@ -4,11 +4,20 @@ An entry directory holds
 
   entry.json              this metadata, written last; the sha256 and size of
                           every array file
-  prompt.npy              the source prompt [P, D], float32
+  prompt.npy              the source prompt [P, D], float32 (prompt entries)
+  params/<path>.npy       the trained parameters of another method (LoRA, (IA)3,
+                          adapters, BitFit, selective tuning, prefix), one file per
+                          parameter path, '/' written as '.' (PEFT entries)
   embeddings/<key>.npy    task embeddings [P', D], float32 (e.g. "step_10000")
 
 Arrays are `np.save` payloads of C-ordered little-endian float32; a float32
 array is stored byte for byte, other float dtypes (float64, bfloat16) are cast.
+
+`method` names what the entry holds: "prompt" (the default, and what an
+entry.json without the field means), or a PEFT method ("lora", "ia3", ...) with
+its config (`peft`, as `spot.peft.from_dict` reads it). A prompt entry's
+entry.json is written exactly as before methods existed (format 1); a PEFT
+entry's is format 2, which older spot versions refuse instead of misreading.
 """
 
 from __future__ import annotations
@@ -22,12 +31,16 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from spot.checkpoints import run_dir
 from spot.library import fs
-from spot.library.errors import CorruptEntryError, LibraryError, ModelMismatchError
+from spot.library.errors import (CorruptEntryError, LibraryError, MethodMismatchError,
+                                 ModelMismatchError)
 
 ENTRY_FILE = "entry.json"
 PROMPT_FILE = "prompt.npy"
 EMBEDDINGS_DIR = "embeddings"
-FORMAT_VERSION = 1
+PARAMS_DIR = "params"
+PROMPT_FORMAT = 1  # what prompt entries write (readable by every spot version)
+FORMAT_VERSION = 2  # the newest this spot reads; PEFT entries write it
+PROMPT_METHOD = "prompt"
 PROMPT_KEY = "prompt"  # the query key of an entry that has no task embedding
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -116,30 +129,57 @@ class Entry:
   name: str
   model: ModelInfo
   task: str
-  prompt: ArrayRecord
+  prompt: Optional[ArrayRecord]  # None for a PEFT entry
   embeddings: tuple[tuple[str, ArrayRecord], ...]
   metrics: Mapping[str, Any]
   provenance: Provenance
   meta: Mapping[str, Any]
   uid: str = ""
+  method: str = PROMPT_METHOD
+  peft: Optional[Mapping[str, Any]] = None  # the method's config (`spot.peft.from_dict`)
+  params: tuple[tuple[str, ArrayRecord], ...] = ()  # PEFT: (parameter path, array)
+
+  @property
+  def is_prompt(self) -> bool:
+    """Whether the entry holds a prompt (what transfer and serving apply)."""
+    return self.method == PROMPT_METHOD
 
   @property
   def prompt_shape(self) -> tuple[int, ...]:
-    return self.prompt.shape
+    return self.prompt.shape if self.prompt is not None else ()
+
+  @property
+  def param_shapes(self) -> dict[str, tuple[int, ...]]:
+    """Parameter path -> shape of a PEFT entry's arrays ({} for a prompt entry)."""
+    return {path: rec.shape for path, rec in self.params}
+
+  @property
+  def array_records(self) -> list[ArrayRecord]:
+    """Every stored array: the prompt (if any), the parameters, the task embeddings."""
+    head = [self.prompt] if self.prompt is not None else []
+    return head + [r for _, r in self.params] + [r for _, r in self.embeddings]
 
   @property
   def embedding_keys(self) -> tuple[str, ...]:
     return tuple(k for k, _ in self.embeddings)
 
   @property
-  def query_key(self) -> str:
-    """The embedding queries use: the first task embedding, else the prompt."""
-    return self.embeddings[0][0] if self.embeddings else PROMPT_KEY
+  def query_key(self) -> Optional[str]:
+    """The embedding queries use: the first task embedding, else the prompt; None
+    for a PEFT entry without task embeddings (it is listed, never ranked)."""
+    if self.embeddings:
+      return self.embeddings[0][0]
+    return PROMPT_KEY if self.prompt is not None else None
 
   def record(self, key: Optional[str] = None) -> ArrayRecord:
     """The stored array of embedding `key` (default: `query_key`; "prompt")."""
     key = self.query_key if key is None else key
+    if key is None:
+      raise LibraryError(f"entry {self.name!r} ({self.method}) has no task embedding; add it "
+                         "again with --embedding KEY=FILE.npy to rank it.")
     if key == PROMPT_KEY:
+      if self.prompt is None:
+        raise MethodMismatchError(not_a_prompt(self.name, self.method))
       return self.prompt
     for k, rec in self.embeddings:
       if k == key:
@@ -148,17 +188,28 @@ class Entry:
                        f"{', '.join(self.embedding_keys) or 'none'} (and {PROMPT_KEY!r}).")
 
   def to_json(self) -> dict[str, Any]:
+    """entry.json's content; a prompt entry's is byte for byte what spot wrote before
+    methods existed (no method, peft or params keys)."""
     d = dataclasses.asdict(self)
     d["embeddings"] = [dict(key=k, **dataclasses.asdict(r)) for k, r in self.embeddings]
+    for key in ("method", "peft", "params"):
+      d.pop(key)
+    if self.is_prompt:
+      return {"format": PROMPT_FORMAT, **d}
+    d["method"], d["peft"] = self.method, dict(self.peft) if self.peft is not None else None
+    d["params"] = [dict(path=p, **dataclasses.asdict(r)) for p, r in self.params]
     return {"format": FORMAT_VERSION, **d}
 
   def summary(self) -> dict[str, Any]:
-    """The flat record `list --json` prints."""
+    """The flat record `list --json` prints (`prompt_shape` is None for a PEFT entry,
+    whose `param_shapes` list its arrays)."""
     return {
         "name": self.name,
         "model": self.model.name,
         "task": self.task,
-        "prompt_shape": list(self.prompt_shape),
+        "method": self.method,
+        "prompt_shape": list(self.prompt_shape) if self.prompt is not None else None,
+        "param_shapes": {p: list(s) for p, s in self.param_shapes.items()},
         "embed_dim": self.model.embed_dim,
         "embeddings": list(self.embedding_keys),
         "checkpoint": self.model.checkpoint,
@@ -166,6 +217,26 @@ class Entry:
         "created": self.provenance.created,
         "metrics": dict(self.metrics),
     }
+
+
+def not_a_prompt(name: str, method: str) -> str:
+  """The one-line refusal of a PEFT entry where a prompt is needed."""
+  return (f"library entry {name!r} holds {method} parameters, not a prompt (method "
+          f"{method!r}); SPoT transfer and serving apply prompt entries only: pick an entry "
+          "of method 'prompt' (spot library list --method prompt), or load this one's "
+          "parameters with PromptLibrary.params().")
+
+
+def check_prompt_entry(entry: "Entry") -> "Entry":
+  """`entry` if it holds a prompt; else MethodMismatchError naming it and its method."""
+  if not entry.is_prompt:
+    raise MethodMismatchError(not_a_prompt(entry.name, entry.method))
+  return entry
+
+
+def param_file(path: str, suffix: str = "") -> str:
+  """The file of parameter `path` ("encoder/layers_0/...") in a PEFT entry."""
+  return f"{PARAMS_DIR}/{path.replace('/', '.')}{suffix}.npy"
 
 
 def _record(d: Mapping[str, Any]) -> ArrayRecord:
@@ -180,17 +251,28 @@ def entry_from_json(data: bytes, name: str) -> Entry:
     if int(d.get("format", 0)) > FORMAT_VERSION:
       raise CorruptEntryError(f"entry.json has format {d['format']}, newer than this spot "
                               f"reads ({FORMAT_VERSION}); upgrade spot.")
+    method = str(d.get("method") or PROMPT_METHOD)
+    params = tuple((str(p["path"]), _record(p)) for p in d.get("params") or [])
+    if method == PROMPT_METHOD and params:
+      raise ValueError("a prompt entry lists params")
+    if method != PROMPT_METHOD and not params:
+      raise ValueError(f"a {method} entry lists no params")
+    peft = d.get("peft")
     entry = Entry(
         name=str(d["name"]),
         model=ModelInfo(**d["model"]),
         task=str(d.get("task", "")),
-        prompt=_record(d["prompt"]),
+        prompt=(_record(d["prompt"]) if method == PROMPT_METHOD or d.get("prompt")
+                else None),
         embeddings=tuple((check_name(str(e["key"]), "embedding key"), _record(e))
                          for e in d.get("embeddings", [])),
         metrics=dict(d.get("metrics", {})),
         provenance=Provenance(**d.get("provenance", {})),
         meta=dict(d.get("meta", {})),
         uid=str(d.get("uid", "")),
+        method=method,
+        peft=dict(peft) if isinstance(peft, Mapping) else None,
+        params=params,
     )
   except CorruptEntryError:
     raise
@@ -215,6 +297,18 @@ def as_prompt_array(array: Any, what: str) -> np.ndarray:
         f"(T5X: {run_dir.PROMPT_VARIABLE}).")
   if not np.isfinite(a).all():
     raise ModelMismatchError(f"{what} contains NaN or Inf values; it is not a usable prompt.")
+  return a
+
+
+def as_param_array(array: Any, what: str) -> np.ndarray:
+  """A trained parameter as C-ordered native float32 (any rank), or a clear error."""
+  a = np.asarray(array)
+  if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+    raise ModelMismatchError(f"{what} has dtype {a.dtype}; trained parameters are float "
+                             "arrays.")
+  a = np.ascontiguousarray(a, dtype=np.float32)
+  if not np.isfinite(a).all():
+    raise ModelMismatchError(f"{what} contains NaN or Inf values; it is not usable.")
   return a
 
 

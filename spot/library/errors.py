@@ -41,3 +41,8 @@ class ModelMismatchError(LibraryError):
 
 class LibraryWarning(UserWarning):
   """A corrupt or partial entry was skipped."""
+
+
+class MethodMismatchError(LibraryError):
+  """An entry of another method than the operation applies (a LoRA entry given to
+  prompt transfer or serving), or a query that would mix methods."""

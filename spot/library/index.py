@@ -25,7 +25,7 @@ import numpy as np
 
 from spot.library import fs, similarity
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4  # 4: rows carry the entry's method
 _MAGIC = b"SPOTIDX\x00"
 _ALIGN = 64
 _CRC_BYTES = 8  # zlib.crc32 of the body (header onwards), little-endian
@@ -35,7 +35,9 @@ class Row(NamedTuple):
   """What the index knows of one entry directory; `problem` is "" if valid.
 
   `files` stamps the array files the row was computed from (see
-  `fs.files_stamp`); `prompt_length` is the stored prompt's P.
+  `fs.files_stamp`); `prompt_length` is the stored prompt's P (0 for a PEFT
+  entry); `method` is the entry's ("prompt", "lora", ...): rankings compare
+  entries of one method only.
   """
 
   name: str
@@ -45,6 +47,7 @@ class Row(NamedTuple):
   problem: str = ""
   prompt_length: int = 0
   files: str = ""
+  method: str = "prompt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,8 @@ class Index:
 EMPTY = Index(rows={}, models={})
 
 # (name, fingerprint) -> (row, {metric: vector [D]}); the vectors are None when
-# the row has a problem, and the row is None when the entry vanished meanwhile.
+# the row has a problem, {} when the entry has no task embedding (a PEFT entry),
+# and the row is None when the entry vanished meanwhile.
 Loader = Callable[[str, str], tuple[Optional[Row], Optional[dict[str, np.ndarray]]]]
 
 
@@ -119,7 +123,7 @@ def refresh(index: Index, fingerprints: Mapping[str, str], load: Loader,
     if row is None:
       continue
     rows[row.name] = row
-    if vec is not None and not row.problem:
+    if vec and not row.problem:  # {}: a valid entry with nothing to rank by
       vectors[row.name] = vec
   return Index(rows=rows, models=_group(rows, vectors), stamp=stamp), True
 

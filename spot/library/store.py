@@ -2,7 +2,8 @@
 
 Layout under the library path:
 
-  entries/<name>/entry.json, prompt.npy, embeddings/<key>.npy   (see entry.py)
+  entries/<name>/entry.json, prompt.npy or params/<path>.npy, embeddings/<key>.npy
+                          (see entry.py)
   models/<model>.json     embed_dim of each base model, fixed by its first entry
   index/index.npz         query cache, rebuilt incrementally (see index.py)
   tmp/                    staging of adds, removes and overwrites in progress
@@ -37,7 +38,7 @@ from spot.library import similarity
 from spot.library.entry import Entry, ModelInfo, Provenance
 from spot.library.errors import (CorruptEntryError, EntryExistsError, EntryNotFoundError,
                                  LibraryError, LibraryNotFoundError, LibraryWarning,
-                                 ModelMismatchError)
+                                 MethodMismatchError, ModelMismatchError)
 
 ENTRIES_DIR = "entries"
 MODELS_DIR = "models"
@@ -132,10 +133,7 @@ class PromptLibrary:
         model's earlier entries.
     """
     entry_lib.check_name(name)
-    info = model if isinstance(model, ModelInfo) else ModelInfo(name=str(model))
-    if not info.name:
-      raise ModelMismatchError("the base model name is empty; pass --model, e.g. "
-                               "t5_1_1_lm100k_base.")
+    info = self._model_info(model)
     prompt = entry_lib.as_prompt_array(prompt, f"the prompt of {name!r}")
     dim = prompt.shape[1]
     if info.embed_dim not in (None, dim):
@@ -148,6 +146,73 @@ class PromptLibrary:
     prompt_file = entry_lib.PROMPT_FILE.replace(".npy", f"{suffix}.npy")
     files = {prompt_file: entry_lib.encode_array(prompt)}
     prompt_rec = entry_lib.make_record(prompt_file, prompt, files[prompt_file])
+    return self._add_entry(
+        Entry(name=name, model=info, task=task, prompt=prompt_rec, embeddings=(),
+              metrics=dict(metrics or {}), provenance=provenance or Provenance(),
+              meta=dict(meta or {}), uid=uid), files, embeddings, suffix, overwrite)
+
+  def add_params(self, name: str, params: Mapping[str, Any], *, method: str,
+                 peft: Optional[Mapping[str, Any]], model: Union[str, ModelInfo],
+                 embeddings: Embeddings = None, task: str = "",
+                 metrics: Optional[Mapping[str, Any]] = None,
+                 provenance: Optional[Provenance] = None,
+                 meta: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> Entry:
+    """Adds an entry of another method than prompts (LoRA, (IA)3, adapters, ...).
+
+    Args:
+      name: entry name.
+      params: the run's trained parameters, flat {parameter path: array}, e.g.
+        {"encoder/layers_0/attention/query/lora_a": [D, r], ...} (the
+        checkpointed trainable tree); each is stored as float32 with its shape.
+      method: the method's name ("lora", "ia3", "adapter", "bitfit", "selective",
+        "prefix"; run.json's "method"); "prompt" is refused (use `add`).
+      peft: the method's config dict (run.json's "peft"), None where it has none.
+      model: the base model; its `embed_dim` must be given (run.json's
+        model_config.emb_dim), since no array here fixes it.
+      embeddings, task, metrics, provenance, meta, overwrite: as in `add`; task
+        embeddings [P', D] make the entry rankable among entries of its method.
+    """
+    entry_lib.check_name(name)
+    if not method or method == entry_lib.PROMPT_METHOD:
+      raise MethodMismatchError(f"add_params({name!r}) needs a method other than "
+                                f"{entry_lib.PROMPT_METHOD!r}; add a prompt with add().")
+    info = self._model_info(model)
+    if info.embed_dim is None:
+      raise ModelMismatchError(f"the {method} entry {name!r} needs its base model's embed dim: "
+                               "pass ModelInfo(embed_dim=D) (a run's run.json records it as "
+                               "model_config.emb_dim).")
+    if not params:
+      raise LibraryError(f"the {method} entry {name!r} has no parameters; pass the run's "
+                         "trained (checkpointed trainable) parameters.")
+    uid = uuid.uuid4().hex
+    suffix = "" if self._local else f"-{uid[:12]}"
+    files, records = {}, []
+    for path in sorted(params):
+      arr = entry_lib.as_param_array(params[path], f"parameter {path!r} of {name!r}")
+      file = entry_lib.param_file(path, suffix)
+      files[file] = entry_lib.encode_array(arr)
+      records.append((path, entry_lib.make_record(file, arr, files[file])))
+    if len(files) != len(records):
+      raise LibraryError(f"parameter paths of {name!r} collide once '/' is written as '.'; "
+                         "rename them.")
+    entry = Entry(name=name, model=info, task=task, prompt=None, embeddings=(),
+                  metrics=dict(metrics or {}), provenance=provenance or Provenance(),
+                  meta=dict(meta or {}), uid=uid, method=str(method),
+                  peft=dict(peft) if peft is not None else None, params=tuple(records))
+    return self._add_entry(entry, files, embeddings, suffix, overwrite)
+
+  @staticmethod
+  def _model_info(model: Union[str, ModelInfo]) -> ModelInfo:
+    info = model if isinstance(model, ModelInfo) else ModelInfo(name=str(model))
+    if not info.name:
+      raise ModelMismatchError("the base model name is empty; pass --model, e.g. "
+                               "t5_1_1_lm100k_base.")
+    return info
+
+  def _add_entry(self, entry: Entry, files: dict[str, bytes], embeddings: Embeddings,
+                 suffix: str, overwrite: bool) -> Entry:
+    """Adds the task embeddings and provenance to `entry`, then installs its files."""
+    name, dim, info = entry.name, entry.model.embed_dim, entry.model
     records = []
     pairs = list(embeddings.items()) if isinstance(embeddings, Mapping) else list(embeddings or [])
     for key, value in pairs:
@@ -158,17 +223,16 @@ class PromptLibrary:
       arr = entry_lib.as_prompt_array(value, f"task embedding {key!r} of {name!r}")
       if arr.shape[1] != dim:
         raise ModelMismatchError(
-            f"task embedding {key!r} of {name!r} has embed dim {arr.shape[1]} but the prompt "
-            f"has {dim}; both must come from the same base model.")
+            f"task embedding {key!r} of {name!r} has embed dim {arr.shape[1]} but the "
+            f"{'prompt' if entry.is_prompt else 'base model'} has {dim}; both must come "
+            "from the same base model.")
       file = f"{entry_lib.EMBEDDINGS_DIR}/{key}{suffix}.npy"
       files[file] = entry_lib.encode_array(arr)
       records.append((key, entry_lib.make_record(file, arr, files[file])))
-    prov = provenance or Provenance()
+    prov = entry.provenance
     prov = dataclasses.replace(prov, created=prov.created or _now(),
                                spot_version=prov.spot_version or spot.__version__)
-    entry = Entry(name=name, model=info, task=task, prompt=prompt_rec,
-                  embeddings=tuple(records), metrics=dict(metrics or {}), provenance=prov,
-                  meta=dict(meta or {}), uid=uid)
+    entry = dataclasses.replace(entry, embeddings=tuple(records), provenance=prov)
     try:
       files[entry_lib.ENTRY_FILE] = _dump_json(entry.to_json())
     except TypeError as e:
@@ -256,8 +320,8 @@ class PromptLibrary:
       current = entry_lib.entry_from_json(fs.read_bytes(marker), name)
     except (CorruptEntryError, FileNotFoundError):
       return
-    keep = {entry_lib.ENTRY_FILE, current.prompt.file} | {r.file for _, r in current.embeddings}
-    for folder in (target, target / entry_lib.EMBEDDINGS_DIR):
+    keep = {entry_lib.ENTRY_FILE} | {r.file for r in current.array_records}
+    for folder in (target, target / entry_lib.EMBEDDINGS_DIR, target / entry_lib.PARAMS_DIR):
       for path in (folder.iterdir() if folder.is_dir() else []):
         if path.is_file() and str(path.relative_to(target)) not in keep:
           path.unlink()
@@ -298,10 +362,10 @@ class PromptLibrary:
     if entry_lib.ENTRY_FILE not in files:
       raise CorruptEntryError(f"entry {name!r}: no entry.json")
     entry = entry_lib.entry_from_json(files[entry_lib.ENTRY_FILE], name)
-    expected = {entry.prompt.file} | {r.file for _, r in entry.embeddings}
+    expected = {r.file for r in entry.array_records}
     if set(files) != expected | {entry_lib.ENTRY_FILE}:
       raise CorruptEntryError(f"entry {name!r}: files {sorted(files)} do not match entry.json")
-    for rec in [entry.prompt] + [r for _, r in entry.embeddings]:
+    for rec in entry.array_records:
       data = files[rec.file]
       if len(data) != rec.size or fs.sha256(data) != rec.sha256:
         raise CorruptEntryError(f"entry {name!r}: checksum mismatch in {rec.file}")
@@ -355,12 +419,15 @@ class PromptLibrary:
     """Fully checks one entry; returns it and its arrays by key ("prompt", ...)."""
     entry = self._read_entry(name) if entry is None else entry
     arrays = {}
-    for key in (entry_lib.PROMPT_KEY,) + entry.embedding_keys:
+    keys = ((entry_lib.PROMPT_KEY,) if entry.prompt is not None else ()) + entry.embedding_keys
+    for key in keys:
       arr = entry_lib.read_array(self._dir(name), entry.record(key))
       if arr.ndim != 2 or arr.shape[1] != entry.model.embed_dim:
         raise CorruptEntryError(f"{entry.record(key).file} has shape {arr.shape}, not "
                                 f"[tokens, {entry.model.embed_dim}] (model embed dim)")
       arrays[key] = arr
+    for _, rec in entry.params:  # checksums, shapes and dtypes of a PEFT entry's arrays
+      entry_lib.read_array(self._dir(name), rec)
     return entry, arrays
 
   def _corrupt(self, name: str, problem: Any) -> CorruptEntryError:
@@ -384,8 +451,29 @@ class PromptLibrary:
     return self._read_valid(name, lambda: self._validate(name)[0])
 
   def prompt(self, name: str) -> np.ndarray:
-    """The source prompt [P, D] of entry `name`, checksum-verified."""
+    """The source prompt [P, D] of entry `name`, checksum-verified.
+
+    Raises:
+      MethodMismatchError: `name` is an entry of another method (LoRA, ...),
+        which holds no prompt; the message names the entry and its method.
+    """
     return self.embedding(name, entry_lib.PROMPT_KEY)
+
+  def params(self, name: str) -> dict[str, np.ndarray]:
+    """The trained parameters {path: array} of entry `name`, checksum-verified.
+
+    A prompt entry gives {the prompt variable's path: prompt [P, D]}, so the
+    same call reads what any entry holds.
+    """
+
+    def read() -> dict[str, np.ndarray]:
+      entry = self._read_entry(name)
+      if entry.prompt is not None and not entry.params:
+        return {entry_lib.run_dir.PROMPT_VARIABLE: entry_lib.read_array(self._dir(name),
+                                                                        entry.prompt)}
+      return {path: entry_lib.read_array(self._dir(name), rec) for path, rec in entry.params}
+
+    return self._read_valid(name, read)
 
   def embedding(self, name: str, key: Optional[str] = None) -> np.ndarray:
     """A task embedding of `name` (default: the one queries use), verified."""
@@ -397,7 +485,7 @@ class PromptLibrary:
 
     def read() -> dict[str, bytes]:
       entry = self._read_entry(name)
-      rels = [entry_lib.ENTRY_FILE, entry.prompt.file] + [r.file for _, r in entry.embeddings]
+      rels = [entry_lib.ENTRY_FILE] + [r.file for r in entry.array_records]
       try:
         files = {rel: fs.read_bytes(self._dir(name) / rel) for rel in rels}
       except FileNotFoundError as e:
@@ -438,19 +526,22 @@ class PromptLibrary:
     except (LibraryError, OSError) as e:
       return index_lib.Row(name, fingerprint, problem=str(e)), None
     fingerprint = seen if seen is not None else fingerprint
+    row = index_lib.Row(name, fingerprint, entry.model.name, entry.task,
+                        prompt_length=int(entry.prompt_shape[0]) if entry.prompt_shape else 0,
+                        files=files, method=entry.method)
+    if entry.query_key is None:
+      return row, {}  # a PEFT entry without task embeddings: listed, never ranked
     query = arrays[entry.query_key]
     vectors = {m: similarity.summary_vector(query, m).astype(np.float32)
                for m in similarity.METRICS}
-    return index_lib.Row(name, fingerprint, entry.model.name, entry.task,
-                         prompt_length=int(entry.prompt_shape[0]), files=files), vectors
+    return row, vectors
 
   def _files_stamp(self, name: str, entry: Entry) -> str:
     """`fs.files_stamp` of an entry's arrays ("" on an object store, where each
     write has array names of its own and entry.json's checksum stands for them)."""
     if not self._local:
       return ""
-    return fs.files_stamp(self._dir(name), [entry.prompt.file] +
-                          [r.file for _, r in entry.embeddings])
+    return fs.files_stamp(self._dir(name), [r.file for r in entry.array_records])
 
   def _row_change(self, row: index_lib.Row) -> str:
     """How an indexed entry changed since its row was made: "" (not at all),
@@ -528,9 +619,10 @@ class PromptLibrary:
                     LibraryWarning, stacklevel=2)
     return index
 
-  def names(self, model: Optional[str] = None) -> list[str]:
-    """Names of the valid entries (of `model`, if given), sorted."""
-    return [r.name for r in self.index().valid() if model is None or r.model == model]
+  def names(self, model: Optional[str] = None, method: Optional[str] = None) -> list[str]:
+    """Names of the valid entries (of `model` and `method`, if given), sorted."""
+    return [r.name for r in self.index().valid()
+            if (model is None or r.model == model) and (method is None or r.method == method)]
 
   def __len__(self) -> int:
     return len(self.names())
@@ -542,10 +634,12 @@ class PromptLibrary:
     """Base models with valid entries -> their embed dim."""
     return {m: mi.dim for m, mi in sorted(self.index().models.items())}
 
-  def entries(self, model: Optional[str] = None, task: Optional[str] = None) -> list[Entry]:
-    """The valid entries (optionally of one model or task), sorted by name."""
+  def entries(self, model: Optional[str] = None, task: Optional[str] = None,
+              method: Optional[str] = None) -> list[Entry]:
+    """The valid entries (optionally of one model, task or method), sorted by name."""
     rows = [r for r in self.index().valid()
-            if (model is None or r.model == model) and (task is None or r.task == task)]
+            if (model is None or r.model == model) and (task is None or r.task == task)
+            and (method is None or r.method == method)]
 
     def read(name: str) -> Optional[Entry]:
       try:
@@ -615,6 +709,10 @@ class PromptLibrary:
         continue  # removed or replaced meanwhile: stale, not wrong
       if fresh.problem or row.problem:
         if bool(fresh.problem) != bool(row.problem):
+          bad.append(name)
+        continue
+      if not vectors:  # a PEFT entry without task embeddings has no vectors
+        if fresh._replace(fingerprint=row.fingerprint) != row:
           bad.append(name)
         continue
       mi = cached.models.get(row.model)
