@@ -75,6 +75,7 @@ BENCHMARK_TASKS: dict[str, tuple[str, ...]] = {
 _SKIP_DIRS = frozenset({run_layout.CHECKPOINTS_DIR, run_layout.NUMPY_DIR, run_layout.BEST_DIR,
                         "train", "eval", run_layout.INFERENCE_EVAL_DIR, "tensorboard"})
 _MAX_DEPTH = 6
+_ORBAX_JSON_FILE = "metadata"  # orbax JsonCheckpointHandler's file in a step's meta item
 _FIX = "write it with spot.report.write_run_metrics(run_dir, task, method, seed, scores)"
 
 
@@ -775,12 +776,34 @@ def _coverage(a: Mapping[str, Any]) -> str:
   return f"{a['n_tasks']}/{a['of_tasks']} tasks"
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-  """The paper-style tables: scores, RER over the baseline, all metrics."""
+def _count(n: Optional[int]) -> str:
+  """A parameter count with thousands separators ("1,024"); "-" when unknown."""
+  return "-" if n is None else f"{n:,}"
+
+
+def _pct(value: Optional[float]) -> str:
+  if value is None:
+    return "-"
+  return f"{value:.3g}%" if value < 1 else f"{value:.2f}%"
+
+
+def _protocol_legend(protocols: Sequence[str]) -> str:
+  known = "; ".join(f"**{p}**: {PROTOCOLS.get(p, 'as the runs recorded it')}" for p in protocols)
+  return (f"Protocol ({known}). Each table names the protocol of its numbers; runs of "
+          "different protocols are never averaged or compared with each other.")
+
+
+def _score_tables(report: Mapping[str, Any], protocol: str, several: bool) -> list[str]:
+  """The task x method score table (with benchmark averages) and the RER table of one protocol."""
   methods, baseline = report["methods"], report["baseline"]
-  cells = {(c["task"], c["method"]): c for c in report["cells"]}
-  averages = {(a["benchmark"], a["method"]): a for a in report["averages"]}
-  benches = list(dict.fromkeys(a["benchmark"] for a in report["averages"]))
+  cells = {(c["task"], c["method"]): c for c in report["cells"] if c["protocol"] == protocol}
+  averages = {(a["benchmark"], a["method"]): a for a in report["averages"]
+              if a["protocol"] == protocol}
+  benches = list(dict.fromkeys(a["benchmark"] for a in report["averages"]
+                               if a["protocol"] == protocol))
+  tasks = [t for t in report["tasks"] if any((t, m) in cells for m in methods)]
+  methods = [m for m in methods if any((t, m) in cells for t in tasks)]
+  first = f"Task ({protocol})"
 
   def label(bench: str, ms: Sequence[str]) -> tuple[str, bool]:
     """The row label, and whether each cell must say its own coverage."""
@@ -808,102 +831,265 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     partial = f" ({_coverage(a)})" if per_cell else ""
     return f"{value(a)}{partial}"
 
-  lines = [f"# Results: {len(report['runs'])} runs, {len(methods)} methods, "
-           f"{len(report['tasks'])} tasks", "",
-           "Score = mean of a task's metrics; mean ± sample std over seeds (n seeds). "
-           "An average over fewer than all of a benchmark's tasks says how many it covers.", ""]
-  rows = [[t] + [score(cells.get((t, m))) for m in methods] for t in report["tasks"]]
+  lines = [f"## Scores, protocol {protocol}", ""] if several else []
+  rows = [[t] + [score(cells.get((t, m))) for m in methods] for t in tasks]
   for b in benches:
     name, per_cell = label(b, methods)
     rows.append([name] + [avg(averages.get((b, m)), per_cell,
                               lambda a: f"**{a['score_mean']:.2f}**") for m in methods])
-  lines += _table(["Task"] + methods, rows)
-  if report.get("notes"):
-    lines += [""] + [f"- {note}" for note in report["notes"]]
+  lines += _table([first] + methods, rows)
   others = [m for m in methods if m != baseline]
-  if baseline is not None and others:
-    lines += ["", f"## Relative error reduction over {baseline} (%)", "",
+  if baseline is not None and baseline in methods and others:
+    in_protocol = f", protocol {protocol}" if several else ""
+    lines += ["", f"## Relative error reduction over {baseline} (%){in_protocol}", "",
               "RER = (err_base - err_method) / err_base, err = 100 - score; for an average, "
               "only when both average the same tasks.", ""]
     rows = [[t] + [_fmt(cells[t, m]["rer"]) if (t, m) in cells else "" for m in others]
-            for t in report["tasks"]]
+            for t in tasks]
     for b in benches:
       name, per_cell = label(b, [baseline] + others)
       rows.append([name] + [avg(averages.get((b, m)), per_cell, lambda a: _fmt(a["rer"]))
                             for m in others])
-    lines += _table(["Task"] + others, rows)
+    lines += _table([first] + others, rows)
+  return lines
+
+
+def _seed_table(report: Mapping[str, Any]) -> list[str]:
+  """Per (task, method, protocol): n, mean, std, min, max and every seed's score."""
+  rows = [[c["task"], c["method"], c["protocol"], f"{c['n']}/{c['n_runs']}",
+           _fmt(c["score_mean"]), _fmt(c["score_std"]), _fmt(c.get("score_min")),
+           _fmt(c.get("score_max")),
+           ", ".join(f"{s['label']}: {_fmt(s['score'])}" for s in c.get("per_seed", ()))]
+          for c in report["cells"]]
+  return _table(["Task", "Method", "Protocol", "n", "Mean", "Std", "Min", "Max",
+                 "Per seed (seed: score)"], rows)
+
+
+def _method_table(report: Mapping[str, Any]) -> list[str]:
+  """Per (method, protocol): tunable parameters, ARG and mean RER over the baseline,
+  and each task's mean ± std."""
+  baseline = report["baseline"]
+  tasks = report["tasks"]
+
+  def task_cell(row, t):
+    v = row["tasks"].get(t)
+    if v is None or v["mean"] is None:
+      return ""
+    return f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] is not None else "")
+
+  vs = f" vs {baseline}" if baseline else ""
+  rows = [[r["method"], r["protocol"], ", ".join(r.get("peft") or ()) or "-",
+           _count(r["num_trainable"]), _pct(r["trainable_pct"]), _fmt(r["arg"]),
+           _fmt(r["rer_mean"])] + [task_cell(r, t) for t in tasks]
+          for r in report.get("method_rows", ())]
+  return _table(["Method", "Protocol", "PEFT", "Tunable params", "% of base", f"ARG{vs} (%)",
+                 f"Mean RER{vs} (%)"] + list(tasks), rows)
+
+
+def render_markdown(report: Mapping[str, Any],
+                    figures: Optional[Mapping[str, Any]] = None) -> str:
+  """The paper-style tables: scores and RER over the baseline per protocol, per-seed
+  statistics, the per-method table (parameters, ARG), candidate selection, all
+  metrics; with `figures` ({"seeds": path, "box": path, "curves": [(title,
+  path)]}, paths relative to the Markdown), links to the PNGs."""
+  methods = report["methods"]
+  protocols = report.get("protocols") or [DEFAULT_PROTOCOL]
+  figures = figures or {}
+  lines = [f"# Results: {len(report['runs'])} runs, {len(methods)} methods, "
+           f"{len(report['tasks'])} tasks", "",
+           "Score = mean of a task's metrics; mean ± sample std over seeds (n seeds). "
+           "An average over fewer than all of a benchmark's tasks says how many it covers.", "",
+           _protocol_legend(protocols), ""]
+  for i, protocol in enumerate(protocols):
+    lines += ([""] if i else []) + _score_tables(report, protocol, len(protocols) > 1)
+  if report.get("notes"):
+    lines += [""] + [f"- {note}" for note in report["notes"]]
+  lines += ["", "## Per-seed statistics", "",
+            "Over the seeds with a score: sample std; min and max of the task score.", ""]
+  lines += _seed_table(report)
+  for key, alt in (("seeds", "per-seed scores"), ("box", "box plot per method and task")):
+    if figures.get(key):
+      lines += ["", f"![{alt}]({figures[key]})"]
+  lines += ["", "## Methods", "",
+            "Tunable params: parameters trained (% of the frozen base's). ARG = mean over "
+            "tasks of (P - P0) / P0 x 100 against the baseline, over the tasks both have; mean "
+            "RER over the same tasks. Both compare runs of the same protocol.", ""]
+  lines += _method_table(report)
+  if figures.get("curves"):
+    lines += ["", "## Learning curves", "",
+              "Evaluations during training, every seed of a (task, method, protocol) on one "
+              "figure.", ""]
+    lines += [f"- [{title}]({path})" for title, path in figures["curves"]]
   selections = [(c, s) for c in report["cells"] for s in c.get("selections", [])]
   if selections:
     lines += ["", "## Candidate selection", "",
               "Runs with the same task, method and seed that are candidates of one "
               "selection (best of top-k): the one kept, of how many.", ""]
     rows = [[c["task"], c["method"], str(s["seed"]), s["selected"], str(s["of"]), s["by"],
-             ", ".join(f"{x['candidate']} ({_fmt(x['value'])})" for x in s["candidates"])]
+             ", ".join(f"{x['candidate']} ({_fmt(x['value'])})" for x in s["candidates"]),
+             c["protocol"]]
             for c, s in selections]
-    lines += _table(["Task", "Method", "Seed", "Selected", "Of", "By", "Candidates"], rows)
+    lines += _table(["Task", "Method", "Seed", "Selected", "Of", "By", "Candidates",
+                     "Protocol"], rows)
   lines += ["", "## All metrics", "", "Seeds = number of seeds with a value for the metric.", ""]
-  rows = [[c["task"], c["method"], name, _fmt(v["mean"]), _fmt(v["std"]), str(v["n"])]
+  rows = [[c["task"], c["method"], name, _fmt(v["mean"]), _fmt(v["std"]), str(v["n"]),
+           c["protocol"]]
           for c in report["cells"] for name, v in c["metrics"].items()]
-  lines += _table(["Task", "Method", "Metric", "Mean", "Std", "Seeds"], rows)
+  lines += _table(["Task", "Method", "Metric", "Mean", "Std", "Seeds", "Protocol"], rows)
   return "\n".join(lines) + "\n"
 
 
 def render_csv(report: Mapping[str, Any]) -> str:
-  """Long format: one row per (task, method, metric); metric "score" is the
-  task score and carries the RER; "average:<benchmark>" rows hold averages,
-  with `n` the tasks averaged and `of` the benchmark's tasks."""
+  """Long format: one row per (task, method, protocol, metric); metric "score" is
+  the task score and carries the RER, min and max; "average:<benchmark>" rows
+  hold averages, with `n` the tasks averaged and `of` the benchmark's tasks."""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(["task", "method", "metric", "mean", "std", "n", "rer", "of"])
+  writer.writerow(["task", "method", "metric", "mean", "std", "n", "rer", "of", "protocol",
+                   "min", "max"])
 
   def num(v):
     return "" if v is None else repr(float(v))
 
   for c in report["cells"]:
     writer.writerow([c["task"], c["method"], "score", num(c["score_mean"]),
-                     num(c["score_std"]), c["n"], num(c["rer"]), c["n_runs"]])
+                     num(c["score_std"]), c["n"], num(c["rer"]), c["n_runs"], c["protocol"],
+                     num(c.get("score_min")), num(c.get("score_max"))])
     for name, v in c["metrics"].items():
       writer.writerow([c["task"], c["method"], name, num(v["mean"]), num(v["std"]), v["n"], "",
-                       c["n_runs"]])
+                       c["n_runs"], c["protocol"], "", ""])
   for a in report["averages"]:
     writer.writerow([f"average:{a['benchmark']}", a["method"], "score", num(a["score_mean"]),
-                     "", a["n_tasks"], num(a["rer"]), a["of_tasks"]])
+                     "", a["n_tasks"], num(a["rer"]), a["of_tasks"], a["protocol"], "", ""])
   return out.getvalue()
 
 
+# ------------------------------------------------------------ curves, PNGs
+
+
+def eval_history(run_dir: epath.PathLike) -> list[tuple[int, dict[str, Optional[float]]]]:
+  """The evaluations during training a run's latest checkpoint records
+  ([(step, {"task/metric": value})], oldest first); [] when it has none."""
+  root = epath.Path(run_dir)
+  steps = run_layout.committed_steps(root) or run_layout.committed_steps(root, run_layout.BEST_DIR)
+  if not steps:
+    return []
+  kind = run_layout.CHECKPOINTS_DIR if run_layout.committed_steps(root) else run_layout.BEST_DIR
+  meta_file = root / kind / str(steps[-1]) / run_layout.META_ITEM / _ORBAX_JSON_FILE
+  if not meta_file.is_file():
+    return []
+  meta = spot_io.read_json(meta_file, "run checkpoint metadata", error=errors.DataError,
+                           fix="the checkpoint is damaged; copy the run again")
+  history = meta.get("eval_history") or []
+  try:
+    return [(int(s), dict(r)) for s, r in history]
+  except (TypeError, ValueError) as e:
+    raise errors.DataError(f"{meta_file}: 'eval_history' must be [[step, {{metric: value}}], "
+                           f"...], got {history!r:.80}; copy the run again.") from e
+
+
+def _history_score(task: str, results: Mapping[str, Any]) -> Optional[float]:
+  """The task score of one evaluation: the mean of the task's "task/metric" values
+  (all values when none is keyed by `task`); None when one is missing."""
+  own = {k: v for k, v in results.items() if k.split("/", 1)[0] == task}
+  values = [_finite(v) if v is None or _is_number(v) else None
+            for v in (own or results).values()]
+  return None if not values or None in values else statistics.fmean(values)
+
+
+def read_curves(runs: Sequence[Run]) -> list[dict[str, Any]]:
+  """Per (task, method, protocol) with an eval history: each seed's [[step, score]]."""
+  groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+  for run in runs:
+    if not run.path:
+      continue
+    history = eval_history(os.path.dirname(run.path))
+    if history:
+      points = [[step, _history_score(run.task, results)] for step, results in history]
+      groups.setdefault((run.task, run.group, run.protocol), []).append(
+          {"label": f"seed {run.seed_label}", "points": points})
+  return [{"task": t, "method": m, "protocol": p, "seeds": seeds}
+          for (t, m, p), seeds in sorted(groups.items())]
+
+
+def _slug(text: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def write_figures(report: Mapping[str, Any], out_dir: epath.PathLike, prefix: str = "report"
+                  ) -> dict[str, Any]:
+  """Writes the strip plot, box plot and learning-curve PNGs into `out_dir`;
+  returns their paths relative to it (for `render_markdown(figures=...)`)."""
+  from spot import report_plots  # pylint: disable=g-import-not-at-top
+  out = epath.Path(out_dir)
+  figures: dict[str, Any] = {"seeds": f"{prefix}_seeds.png", "box": f"{prefix}_box.png",
+                             "curves": []}
+  spot_io.write_bytes_atomic(out / figures["seeds"], report_plots.strip_plot(report))
+  spot_io.write_bytes_atomic(out / figures["box"], report_plots.box_plot(report))
+  for curve in report.get("curves", ()):
+    title = f"{curve['task']} / {curve['method']} ({curve['protocol']})"
+    name = f"{prefix}_curves/{_slug(curve['task'])}__{_slug(curve['method'])}__" \
+           f"{_slug(curve['protocol'])}.png"
+    spot_io.write_bytes_atomic(out / name, report_plots.learning_curves(title, curve["seeds"]))
+    figures["curves"].append((title, name))
+  return figures
+
+
 # --------------------------------------------------------------------- CLI
+
+
+def _outputs(out: str) -> tuple[epath.Path, str]:
+  """(folder, file stem) of --out: a folder (report.md ...) or a REPORT.md file."""
+  path = epath.Path(out)
+  if out.endswith(".md"):
+    return path.parent, path.name[:-len(".md")]
+  return path, "report"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`spot report`; failures raise spot.errors types (the CLI prints one line)."""
   parser = argparse.ArgumentParser(
       prog="spot report", description="Turn finished runs (directories with metrics.json) "
-      "into tables: per-task mean ± std over seeds, benchmark averages, and the relative "
-      "error reduction over a baseline method.")
-  parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
+      "into tables: per-task mean ± std, min and max over seeds, per protocol, benchmark "
+      "averages, tunable parameters, and RER and ARG over a baseline method; with --out, "
+      "strip, box and learning-curve plots.")
+  parser.add_argument("dirs", nargs="*", metavar="DIR",
+                      help="run directories, or folders searched for them (as --runs)")
+  parser.add_argument("--runs", nargs="+", default=[], metavar="DIR",
                       help="run directories, or folders searched for them")
   parser.add_argument("--baseline", default=None, metavar="METHOD",
-                      help=f"method to measure RER against (default: {DEFAULT_BASELINE!r} "
-                      "if it has runs, else none)")
-  parser.add_argument("--out", metavar="DIR", help="write report.md, report.csv, report.json")
+                      help=f"method to measure RER and ARG against (default: "
+                      f"{DEFAULT_BASELINE!r} if it has runs, else none)")
+  parser.add_argument("--out", metavar="DIR|REPORT.md",
+                      help="write report.md, report.csv, report.json and the PNGs into DIR, "
+                      "or REPORT.md with REPORT.csv, REPORT.json and the PNGs beside it")
   parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-  runs = find_runs(args.runs)
+  dirs = list(args.dirs) + list(args.runs)
+  if not dirs:
+    raise errors.UsageError("spot report needs run directories: spot report DIR... "
+                            "(or --runs DIR...).")
+  runs = find_runs(dirs)
   if not runs:
-    raise errors.DataError(f"--runs {' '.join(args.runs)}: no finished runs ({METRICS_FILE}) "
+    raise errors.DataError(f"--runs {' '.join(dirs)}: no finished runs ({METRICS_FILE}) "
                            "there; a run writes it with spot.report.write_run_metrics when it "
                            "finishes.")
   baseline = args.baseline
-  if baseline is None and any(r.method == DEFAULT_BASELINE for r in runs):
+  if baseline is None and any(r.group == DEFAULT_BASELINE for r in runs):
     baseline = DEFAULT_BASELINE
   report = summarize(runs, baseline)
-  markdown = render_markdown(report)
+  figures = None
+  if args.out:
+    out, stem = _outputs(args.out)
+    report["curves"] = read_curves(runs)
+    figures = write_figures(report, out, stem)
+    report["figures"] = figures
+  markdown = render_markdown(report, figures)
   as_json = json.dumps(report, indent=2, sort_keys=True) + "\n"
   if args.out:
-    out = epath.Path(args.out)
-    spot_io.write_text_atomic(out / "report.md", markdown)
-    spot_io.write_text_atomic(out / "report.csv", render_csv(report))
-    spot_io.write_text_atomic(out / "report.json", as_json)
+    spot_io.write_text_atomic(out / f"{stem}.md", markdown)
+    spot_io.write_text_atomic(out / f"{stem}.csv", render_csv(report))
+    spot_io.write_text_atomic(out / f"{stem}.json", as_json)
   sys.stdout.write(as_json if args.json else markdown)
   return 0
 
