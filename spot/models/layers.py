@@ -106,6 +106,40 @@ def dense_adapter(peft: Any, target: str) -> Optional[AdapterFactory]:
   return None if peft is None else peft.dense_adapter(target)
 
 
+def attention_prefix(peft: Any, target: Optional[str]) -> Optional[Callable[[int], nn.Module]]:
+  """The key/value prefix factory a PEFT method puts on attention `target`, or None.
+
+  Targets: "encoder_self", "decoder_self", "encoder_decoder". The factory takes
+  the joined key width H*K and builds a module returning (key, value) [P, H*K]
+  (`spot.peft.prefix`).
+  """
+  hook = getattr(peft, "attention_prefix", None)
+  return None if hook is None or target is None else hook(target)
+
+
+def prepend_prefix(key: Array, value: Array, mask: Optional[Array], bias: Optional[Array],
+                   prefix_key: Array, prefix_value: Array
+                   ) -> tuple[Array, Array, Optional[Array], Optional[Array]]:
+  """Puts P prefix positions before the keys and values that every query may attend to.
+
+  key, value [B, k, H, K]; prefix_key, prefix_value [P, H*K] -> key, value
+  [B, P + k, H, K]. The mask [B, 1|H, q, k] gains P visible key columns (also
+  for padding and every packed segment), the bias [1|B, H, q, k] P zero
+  columns: a prefix has no relative position.
+  """
+  b, _, h, d = key.shape
+  p = prefix_key.shape[0]
+  expand = lambda x: jnp.broadcast_to(x.reshape(1, p, h, d), (b, p, h, d))
+  key = jnp.concatenate([expand(prefix_key).astype(key.dtype), key], axis=1)
+  value = jnp.concatenate([expand(prefix_value).astype(value.dtype), value], axis=1)
+  pad = lambda x: [(0, 0)] * (x.ndim - 1) + [(p, 0)]
+  if mask is not None:
+    mask = jnp.pad(mask.astype(bool), pad(mask), constant_values=True)
+  if bias is not None:
+    bias = jnp.pad(bias, pad(bias))
+  return key, value, mask, bias
+
+
 class Embed(nn.Module):
   """Token embedding shared by encoder and decoder; `attend` gives tied logits."""
 
@@ -239,6 +273,10 @@ class MultiHeadAttention(nn.Module):
   In decode mode the first call (with a full-length input) only creates the
   `cache` collection: `cached_key`/`cached_value` [B, L, H, K] and
   `cache_index`. Later calls take one position and attend to the cache.
+
+  With a prefix (`prefix_target` and a PEFT method that puts one there) the
+  keys and values, cached or not, get P prefix positions in front
+  (`prepend_prefix`); the cache holds only the real positions.
   """
 
   num_heads: int
@@ -246,12 +284,18 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
   float32_logits: bool = False
-  peft: Any = None  # a spot.peft method (LoRA, (IA)3, BitFit) for q, k, v, o; None: none
+  peft: Any = None  # a spot.peft method (LoRA, (IA)3, BitFit, prefix); None: none
+  prefix_target: Optional[str] = None  # "encoder_self", "decoder_self", "encoder_decoder"
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
                bias: Optional[Array] = None, *, decode: bool = False,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, prefix_hidden: Optional[Array] = None) -> Array:
+    """inputs_q [B, q, D], inputs_kv [B, k, D] -> [B, q, D].
+
+    `prefix_hidden` [P, h] is the stack's prefix reparameterisation (a
+    prefix method with `reparameterize=True`), None otherwise.
+    """
     joined = self.num_heads * self.head_dim
     dense = functools.partial(Dense, features=joined, kernel_axes=("embed", "joined_kv"),
                               dtype=self.dtype, kernel_init=attention_kernel_init)
@@ -289,6 +333,11 @@ class MultiHeadAttention(nn.Module):
         mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
         if bias is not None:
           bias = lax.dynamic_slice_in_dim(bias, cur, 1, axis=-2)
+
+    prefix = attention_prefix(self.peft, self.prefix_target)
+    if prefix is not None:
+      prefix_key, prefix_value = prefix(joined)(prefix_hidden)
+      key, value, mask, bias = prepend_prefix(key, value, mask, bias, prefix_key, prefix_value)
 
     attn_bias = attention_bias(mask, bias, self.dtype)
     if self.float32_logits:

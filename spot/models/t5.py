@@ -93,6 +93,12 @@ def _residual(c: T5Config, x: Array, y: Array, deterministic: bool) -> Array:
   return nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic) + x
 
 
+def _prefix_encoder(peft: Any, stack: str) -> Optional[Callable[[int], nn.Module]]:
+  """The stack-level prefix reparameterisation a PEFT method builds (`spot.peft.prefix`), if any."""
+  hook = getattr(peft, "prefix_encoder", None)
+  return None if hook is None else hook(stack)
+
+
 def _block_adapter(peft: Any, kind: str, name: str, y: Array, deterministic: bool) -> Array:
   """A PEFT bottleneck adapter (`spot.peft.adapters`) on a sublayer's output, if any."""
   factory = None if peft is None else peft.block_adapter(kind)
@@ -101,14 +107,16 @@ def _block_adapter(peft: Any, kind: str, name: str, y: Array, deterministic: boo
 
 def _attention_block(c: T5Config, x: Array, kv: Optional[Array], mask: Optional[Array],
                      bias: Optional[Array], norm: str, attention: str, deterministic: bool,
-                     decode: bool = False, peft: Any = None) -> Array:
+                     decode: bool = False, peft: Any = None, prefix_target: Optional[str] = None,
+                     prefix_hidden: Optional[Array] = None) -> Array:
   """Pre-norm attention with a residual: x + drop(attn(LN(x), kv or LN(x)))."""
   dt = _dtype(c)
   y = L.RMSNorm(c.layer_norm_epsilon, dt, name=norm)(x)
   y = L.MultiHeadAttention(c.num_heads, c.head_dim, dt, c.dropout_rate,
-                           c.float32_attention_logits, peft=peft, name=attention)(
+                           c.float32_attention_logits, peft=peft, prefix_target=prefix_target,
+                           name=attention)(
                                y, y if kv is None else kv, mask, bias, decode=decode,
-                               deterministic=deterministic)
+                               deterministic=deterministic, prefix_hidden=prefix_hidden)
   y = _block_adapter(peft, "attention", f"{attention}_adapter", y, deterministic)
   return _residual(c, x, y, deterministic)
 
@@ -131,11 +139,12 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True,
-               decode: bool = False):
+               decode: bool = False, prefix_hidden: Optional[Array] = None):
     del decode
     c = self.config
     x = _attention_block(c, x, None, mask, bias, "pre_attention_layer_norm", "attention",
-                         deterministic, peft=self.peft)
+                         deterministic, peft=self.peft, prefix_target="encoder_self",
+                         prefix_hidden=prefix_hidden)
     x = _mlp_block(c, x, deterministic, self.peft)
     return (x, None) if self.scanned else x
 
@@ -149,12 +158,14 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
                cross_mask: Array, bias: Array, deterministic: bool = True,
-               decode: bool = False):
+               decode: bool = False, prefix_hidden: Optional[Array] = None):
     c = self.config
     x = _attention_block(c, x, None, self_mask, bias, "pre_self_attention_layer_norm",
-                         "self_attention", deterministic, decode, self.peft)
+                         "self_attention", deterministic, decode, self.peft, "decoder_self",
+                         prefix_hidden)
     x = _attention_block(c, x, encoded, cross_mask, None, "pre_cross_attention_layer_norm",
-                         "encoder_decoder_attention", deterministic, peft=self.peft)
+                         "encoder_decoder_attention", deterministic, peft=self.peft,
+                         prefix_target="encoder_decoder", prefix_hidden=prefix_hidden)
     x = _mlp_block(c, x, deterministic, self.peft)
     return (x, None) if self.scanned else x
 
@@ -172,7 +183,10 @@ class Encoder(nn.Module):
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    self.layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, (4, 5), 4, self.peft)
+    self.layers = _layer_stack(EncoderLayer, c, c.num_encoder_layers, (4, 5), 5, self.peft)
+    prefix = _prefix_encoder(self.peft, "encoder")
+    if prefix is not None:
+      self.prefix = prefix(c.emb_dim)
     self.encoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -193,18 +207,11 @@ class Encoder(nn.Module):
                        "encoder_positions; give both (SeqIO's packed features) or neither.")
     if segment_ids is not None:
       return self._packed(tokens, segment_ids, positions, deterministic, prompt_inputs)
-    x = self.shared_embedding(tokens.astype(jnp.int32))
+    x = self._embed(tokens, deterministic, prompt_inputs)
     valid = tokens > 0
     if self.prompt_factory is not None:
-      x = self.prompt(x, tokens, **dict(prompt_inputs or {}))
       extra = x.shape[1] - tokens.shape[1]
       valid = jnp.concatenate([jnp.ones((tokens.shape[0], extra), bool), valid], axis=1)
-    elif prompt_inputs:
-      raise ValueError(
-          f"prompt_inputs {sorted(prompt_inputs)} given to a model built without a prompt; "
-          "build T5(config, prompt_factory=...) to use them.")
-    x = self.input_dropout(x, deterministic=deterministic)
-    x = L.constrain(x, ("batch", "length", "embed"))
     length = x.shape[1]
     mask = L.make_attention_mask(valid, valid)
     bias = self.relpos_bias(length, length, True)
@@ -217,12 +224,27 @@ class Encoder(nn.Module):
       if value.shape != tokens.shape:
         raise ValueError(f"{name} has shape {value.shape}; it must match "
                          f"encoder_input_tokens {tokens.shape}.")
+    x = self._embed(tokens, deterministic, prompt_inputs, segment_ids=segment_ids,
+                    positions=positions)
+    length = x.shape[1]
+    mask = L.make_segment_mask(segment_ids, segment_ids)
+    bias = self.relpos_bias(length, length, True, positions, positions)
+    return self._stack(x, mask, bias, deterministic), segment_ids
+
+  def _embed(self, tokens: Array, deterministic: bool,
+             prompt_inputs: Optional[Mapping[str, Array]], **packing: Array) -> Array:
+    """Embedded tokens [B, T] with the prompt, after input dropout: [B, S, D].
+
+    Unpacked S = P + T (the prompt goes in front); packed (`segment_ids=`,
+    `positions=` [B, T] given) S = T, the prompt written over each segment's
+    prompt positions.
+    """
     x = self.shared_embedding(tokens.astype(jnp.int32))
     if self.prompt_factory is not None:
-      _check_packable(self.prompt)
-      x = self.prompt(x, tokens, segment_ids=segment_ids, positions=positions,
-                      **dict(prompt_inputs or {}))
-      if x.shape[:2] != tokens.shape:
+      if packing:
+        _check_packable(self.prompt)
+      x = self.prompt(x, tokens, **packing, **dict(prompt_inputs or {}))
+      if packing and x.shape[:2] != tokens.shape:
         raise ValueError(f"The packed prompt returned shape {x.shape}; it must write over the "
                          f"row's prompt positions and keep {tokens.shape}.")
     elif prompt_inputs:
@@ -230,16 +252,16 @@ class Encoder(nn.Module):
           f"prompt_inputs {sorted(prompt_inputs)} given to a model built without a prompt; "
           "build T5(config, prompt_factory=...) to use them.")
     x = self.input_dropout(x, deterministic=deterministic)
-    x = L.constrain(x, ("batch", "length", "embed"))
-    length = x.shape[1]
-    mask = L.make_segment_mask(segment_ids, segment_ids)
-    bias = self.relpos_bias(length, length, True, positions, positions)
-    return self._stack(x, mask, bias, deterministic), segment_ids
+    return L.constrain(x, ("batch", "length", "embed"))
 
   def _stack(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
-    x = _apply_stack(self.layers, x, mask, bias, deterministic, False)
+    x = _apply_stack(self.layers, x, mask, bias, deterministic, False, self._prefix_hidden())
     x = self.encoder_norm(x)
     return self.output_dropout(x, deterministic=deterministic)
+
+  def _prefix_hidden(self) -> Optional[Array]:
+    """The stack's prefix reparameterisation [P, h] every layer projects, or None."""
+    return self.prefix() if hasattr(self, "prefix") else None
 
 
 def _check_packable(prompt: nn.Module) -> None:
@@ -261,7 +283,10 @@ class Decoder(nn.Module):
     self.relpos_bias = L.RelativePositionBiases(
         c.relative_attention_num_buckets, c.relative_attention_max_distance, c.num_heads,
         _dtype(c))
-    self.layers = _layer_stack(DecoderLayer, c, c.num_decoder_layers, (6, 7), 6, self.peft)
+    self.layers = _layer_stack(DecoderLayer, c, c.num_decoder_layers, (6, 7), 7, self.peft)
+    prefix = _prefix_encoder(self.peft, "decoder")
+    if prefix is not None:
+      self.prefix = prefix(c.emb_dim)
     self.decoder_norm = L.RMSNorm(c.layer_norm_epsilon, _dtype(c))
     self.input_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
@@ -320,7 +345,8 @@ class Decoder(nn.Module):
              bias: Array, deterministic: bool, decode: bool) -> Array:
     """The decoder layers, final norm and logits (float32)."""
     c = self.config
-    x = _apply_stack(self.layers, x, encoded, self_mask, cross_mask, bias, deterministic, decode)
+    x = _apply_stack(self.layers, x, encoded, self_mask, cross_mask, bias, deterministic, decode,
+                     self._prefix_hidden())
     x = self.decoder_norm(x)
     x = self.output_dropout(x, deterministic=deterministic)
     if c.logits_via_embedding:
@@ -328,6 +354,10 @@ class Decoder(nn.Module):
     else:
       logits = self.logits_dense(jnp.asarray(x, jnp.float32))
     return L.constrain(logits, ("batch", "length", "vocab"))
+
+  def _prefix_hidden(self) -> Optional[Array]:
+    """The stack's prefix reparameterisation [P, h] every layer projects, or None."""
+    return self.prefix() if hasattr(self, "prefix") else None
 
 
 class T5(nn.Module):
