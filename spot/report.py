@@ -854,12 +854,19 @@ def _score_tables(report: Mapping[str, Any], protocol: str, several: bool) -> li
   return lines
 
 
+def _seed_entry(seed: Mapping[str, Any]) -> str:
+  """"seed: score", with the selection (dev1) score when the run has one."""
+  selection = seed.get("selection_score")
+  on_dev1 = f" (selected at {selection:.2f})" if selection is not None else ""
+  return f"{seed['label']}: {_fmt(seed['score'])}{on_dev1}"
+
+
 def _seed_table(report: Mapping[str, Any]) -> list[str]:
   """Per (task, method, protocol): n, mean, std, min, max and every seed's score."""
   rows = [[c["task"], c["method"], c["protocol"], f"{c['n']}/{c['n_runs']}",
            _fmt(c["score_mean"]), _fmt(c["score_std"]), _fmt(c.get("score_min")),
            _fmt(c.get("score_max")),
-           ", ".join(f"{s['label']}: {_fmt(s['score'])}" for s in c.get("per_seed", ()))]
+           ", ".join(_seed_entry(s) for s in c.get("per_seed", ()))]
           for c in report["cells"]]
   return _table(["Task", "Method", "Protocol", "n", "Mean", "Std", "Min", "Max",
                  "Per seed (seed: score)"], rows)
@@ -905,7 +912,9 @@ def render_markdown(report: Mapping[str, Any],
   if report.get("notes"):
     lines += [""] + [f"- {note}" for note in report["notes"]]
   lines += ["", "## Per-seed statistics", "",
-            "Over the seeds with a score: sample std; min and max of the task score.", ""]
+            "Over the seeds with a score: sample std; min and max of the task score. "
+            "\"selected at\" is the score the checkpoint was selected by (dev1 under "
+            "dev1/dev2).", ""]
   lines += _seed_table(report)
   for key, alt in (("seeds", "per-seed scores"), ("box", "box plot per method and task")):
     if figures.get(key):
