@@ -560,7 +560,8 @@ def average_relative_gain(scores: Mapping[str, Optional[float]],
   if not common:
     raise errors.DataError(
         f"ARG: the method ({', '.join(sorted(scores)) or 'no tasks'}) and the baseline "
-        f"({', '.join(sorted(baselines)) or 'no tasks'}) share no task; run both on the same tasks.")
+        f"({', '.join(sorted(baselines)) or 'no tasks'}) share no task; run both on the same "
+        "tasks.")
   undefined = [t for t in common
                if _finite(baselines[t]) in (None, 0.0) or _finite(scores[t]) is None]
   if undefined:
@@ -672,20 +673,23 @@ def _method_rows(runs: Sequence[Run], cells: Mapping[tuple[str, str, str], Mappi
         continue
       trainable = _one_count(r.num_trainable for r in group)
       base = _one_count(r.num_base for r in group)
-      if len({r.num_trainable for r in group} - {None}) > 1:
+      counts = sorted({r.num_trainable for r in group} - {None})
+      if len(counts) > 1:
         notes.append(f"{method} ({protocol}): runs train different numbers of parameters "
-                     f"({', '.join(str(n) for n in sorted({r.num_trainable for r in group} - {None}))}); "
-                     "no single count is shown.")
+                     f"({', '.join(map(str, counts))}); no single count is shown.")
       mine = {t: c for (t, m, p), c in cells.items() if m == method and p == protocol}
       rers = [c["rer"] for c in mine.values() if c["rer"] is not None]
-      arg = None
+      arg, arg_tasks = None, []
       if baseline is not None and method != baseline:
         base_cells = {t: c for (t, m, p), c in cells.items() if m == baseline and p == protocol}
-        common = sorted(set(mine) & set(base_cells))
-        if common:
+        # Over the tasks both have a score on (a task without one is noted under the table).
+        arg_tasks = sorted(t for t in set(mine) & set(base_cells)
+                           if mine[t]["score_mean"] is not None
+                           and base_cells[t]["score_mean"] is not None)
+        if arg_tasks:
           try:
-            arg = average_relative_gain({t: mine[t]["score_mean"] for t in common},
-                                        {t: base_cells[t]["score_mean"] for t in common})
+            arg = average_relative_gain({t: mine[t]["score_mean"] for t in arg_tasks},
+                                        {t: base_cells[t]["score_mean"] for t in arg_tasks})
           except errors.DataError as e:
             notes.append(f"{method} ({protocol}): no ARG over {baseline}: {e}")
       peft_methods = sorted({(r.peft or {}).get("method") for r in group} - {None})
@@ -696,7 +700,8 @@ def _method_rows(runs: Sequence[Run], cells: Mapping[tuple[str, str, str], Mappi
           "tasks": {t: {"mean": c["score_mean"], "std": c["score_std"], "n": c["n"],
                         "rer": c["rer"]} for t, c in sorted(mine.items())},
           "rer_mean": statistics.fmean(rers) if rers else None, "n_rer_tasks": len(rers),
-          "arg": arg, "baseline": baseline if method != baseline else None})
+          "arg": arg, "arg_tasks": arg_tasks,
+          "baseline": baseline if method != baseline else None})
   return rows
 
 

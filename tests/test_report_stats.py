@@ -191,3 +191,17 @@ def test_same_seed_under_two_protocols_is_not_a_duplicate(tmp_path):
     report.write_run_metrics(tmp_path / protocol.replace("/", "_"), "t", "m", 0,
                              {"accuracy": 1.0}, protocol=protocol)
   assert [r.protocol for r in report.find_runs([tmp_path])] == ["dev", "dev1/dev2"]
+
+
+def test_arg_in_the_report_skips_unscored_tasks_and_notes_a_zero_baseline():
+  runs = [report.Run("a", "base", 0, {"accuracy": 50.0}),
+          report.Run("a", "new", 0, {"accuracy": 60.0}),
+          report.Run("b", "base", 0, {"accuracy": None}),
+          report.Run("b", "new", 0, {"accuracy": 10.0})]
+  (_, new) = report.summarize(runs, "base")["method_rows"]
+  assert new["arg"] == pytest.approx(20.0) and new["arg_tasks"] == ["a"]
+  runs[0] = report.Run("a", "base", 0, {"accuracy": 0.0})
+  rep = report.summarize(runs, "base")
+  assert rep["method_rows"][1]["arg"] is None
+  assert any("no ARG over base: ARG: tasks a have a baseline score of 0" in n
+             for n in rep["notes"])
