@@ -3,7 +3,8 @@
 A finished run is a directory holding `metrics.json`:
 
     {"task": "spot_superglue_cb", "method": "spot_glue", "seed": 0,
-     "scores": {"mean_3class_f1": 91.2, "accuracy": 94.6}, "step": 30000}
+     "scores": {"mean_3class_f1": 91.2, "accuracy": 94.6}, "step": 30000,
+     "protocol": "dev"}
 
 written by the trainer with `write_run_metrics` when its final evaluation is
 done (atomically, so a killed run leaves no half file). A metric that is not
@@ -17,6 +18,16 @@ the relative error reduction of each method over a baseline,
 RER = (err_base - err_method) / err_base with err = 100 - score, as in the
 SPoT paper.
 
+Protocols: a run records how its scores were selected and scored
+("protocol": "dev", or "dev1/dev2" with the dev1 "selection_scores"), and
+runs of different protocols are never averaged or compared. A run also
+records its "init_seed" / "data_seed", its PEFT method's config ("peft") and
+its "num_trainable" / "num_base" parameters; the per-method table shows the
+tunable share of the base, the mean RER and CrossFit's average relative gain,
+ARG = mean over tasks of (P - P0) / P0 * 100 (`average_relative_gain`).
+With --out the report also draws per-seed strip and box plots and every
+seed's learning curve (`spot.report_plots`).
+
 Candidate runs: SPoT's best-of-top-k trains k runs of one (task, method,
 seed), one per retrieved source prompt, and keeps the best on validation.
 Each candidate's `metrics.json` names its source in `"candidate"` and how the
@@ -24,10 +35,10 @@ winner is chosen in `"selection"` (`{"rule": "best_of_top_k", "metric":
 "accuracy", "selected": true}`); the report keeps the selected candidate per
 (task, method, seed) and lists the others.
 
-    spot report --runs RUNS_DIR... [--baseline prompt_tuning] [--out DIR] [--json]
+    spot report RUNS_DIR... [--baseline prompt_tuning] [--out DIR | REPORT.md] [--json]
 
-prints Markdown (or JSON) and, with --out, writes report.md, report.csv and
-report.json there. Reads and writes local paths and gs:// alike.
+prints Markdown (or JSON) and, with --out, writes report.md, report.csv,
+report.json and the PNGs there. Reads and writes local paths and gs:// alike.
 """
 
 from __future__ import annotations
