@@ -52,6 +52,7 @@ class FakeTrainer:
 
   def __init__(self, fail_at: int = -1):
     self.calls, self.fail_at = [], fail_at
+    self.settings: dict[str, settings_lib.TrainSettings] = {}  # run id -> what it trained
 
   def __call__(self, s: settings_lib.TrainSettings) -> None:
     from spot import report
@@ -59,6 +60,7 @@ class FakeTrainer:
     if len(self.calls) == self.fail_at:
       raise KeyboardInterrupt("killed")
     self.calls.append(s.model_dir)
+    self.settings[s.model_dir.split("/study/", 1)[1]] = s
     task = s.train_dataset_cfg.mixture_or_task_name
     rng = np.random.RandomState(zlib.crc32(task.encode()))
     for step in range(s.checkpoint_cfg.period, s.train_steps + 1, s.checkpoint_cfg.period):
@@ -87,3 +89,18 @@ def run_study(tmp_path, spec=None, trainer=None, study_dir=None, **kw):
   return trainer, lines
 
 
+def library_with(tmp_path, dim: int):
+  """A prompt library with one entry, glue_mix (task glue_mix_task), for a model of dim `dim`."""
+  from spot.library import PromptLibrary
+  lib = PromptLibrary(str(tmp_path / "lib"))
+  prompt = np.random.RandomState(dim).normal(size=(4, dim)).astype(np.float32)
+  lib.add("glue_mix", prompt, model=f"t5_1_1_d{dim}", embeddings={"step_2": prompt},
+          task="glue_mix_task")
+  return lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelWithConfig:
+  """A model settings stand-in with a T5Config (library sources check its embed dim)."""
+  config: object = None
+  prompt: object = functools.partial(dict, prompt_init=None)

@@ -5,7 +5,6 @@ a stand-in trainer that writes what the trainer writes; the real one is the jour
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import numpy as np
@@ -165,13 +164,7 @@ def test_retrieval_runs_need_every_candidate_and_both_embeddings():
   assert study_lib.needs(_spec(), runs["baselines/add/seed1"]) == []
 
 
-def _library_with(tmp_path, dim: int):
-  from spot.library import PromptLibrary
-  lib = PromptLibrary(str(tmp_path / "lib"))
-  prompt = np.random.RandomState(dim).normal(size=(4, dim)).astype(np.float32)
-  lib.add("glue_mix", prompt, model=f"t5_1_1_d{dim}", embeddings={"step_2": prompt},
-          task="glue_mix_task")
-  return lib
+_library_with, _ModelWithConfig = helpers.library_with, helpers.ModelWithConfig
 
 
 def test_library_entries_are_sources_without_a_source_run(tmp_path):
@@ -194,12 +187,6 @@ def test_library_entries_are_sources_without_a_source_run(tmp_path):
   bad = _spec(seeds=(0,), weighted_k=0, library=str(other.path), library_sources=("glue_mix",))
   with pytest.raises(errors.ConfigError, match=r"library source\(s\) glue_mix \(t5_1_1_d16"):
     study_lib.run_study(base, bad, str(tmp_path / "study2"), log=lambda m: None, train=trainer)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ModelWithConfig:
-  config: object = None
-  prompt: object = functools.partial(dict, prompt_init=None)
 
 
 def test_a_transfer_waits_for_its_source_to_finish(tmp_path):
