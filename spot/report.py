@@ -1092,8 +1092,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
   dirs = list(args.dirs) + list(args.runs)
   if not dirs:
-    raise errors.UsageError("spot report needs run directories: spot report DIR... "
-                            "(or --runs DIR...).")
+    raise errors.UsageError("no run directories given; pass them as DIR... or --runs DIR...")
   runs = find_runs(dirs)
   if not runs:
     raise errors.DataError(f"--runs {' '.join(dirs)}: no finished runs ({METRICS_FILE}) "

@@ -205,3 +205,10 @@ def test_arg_in_the_report_skips_unscored_tasks_and_notes_a_zero_baseline():
   assert rep["method_rows"][1]["arg"] is None
   assert any("no ARG over base: ARG: tasks a have a baseline score of 0" in n
              for n in rep["notes"])
+
+
+def test_no_directories_is_a_usage_error(capsys):
+  from spot import cli  # pylint: disable=g-import-not-at-top
+  assert cli.spot_main(["report"]) == 2
+  assert capsys.readouterr().err == ("spot report: no run directories given; pass them as "
+                                     "DIR... or --runs DIR...\n")
