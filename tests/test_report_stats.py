@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from spot import report
+from spot import cli, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ("spot_glue_rte", "spot_superglue_cb")
@@ -208,7 +208,6 @@ def test_arg_in_the_report_skips_unscored_tasks_and_notes_a_zero_baseline():
 
 
 def test_no_directories_is_a_usage_error(capsys):
-  from spot import cli  # pylint: disable=g-import-not-at-top
   assert cli.spot_main(["report"]) == 2
   assert capsys.readouterr().err == ("spot report: no run directories given; pass them as "
                                      "DIR... or --runs DIR...\n")
