@@ -996,11 +996,14 @@ def eval_history(run_dir: epath.PathLike) -> list[tuple[int, dict[str, Optional[
   """The evaluations during training a run's latest checkpoint records
   ([(step, {"task/metric": value})], oldest first); [] when it has none."""
   root = epath.Path(run_dir)
-  steps = run_layout.committed_steps(root) or run_layout.committed_steps(root, run_layout.BEST_DIR)
-  if not steps:
+  for kind in (run_layout.CHECKPOINTS_DIR, run_layout.BEST_DIR):
+    steps = run_layout.committed_steps(root, kind)
+    if steps:
+      break
+  else:
     return []
-  kind = run_layout.CHECKPOINTS_DIR if run_layout.committed_steps(root) else run_layout.BEST_DIR
-  meta_file = root / kind / str(steps[-1]) / run_layout.META_ITEM / _ORBAX_JSON_FILE
+  meta_file = run_layout.step_dir(root, steps[-1], kind == run_layout.BEST_DIR) / (
+      run_layout.META_ITEM) / _ORBAX_JSON_FILE
   if not meta_file.is_file():
     return []
   meta = spot_io.read_json(meta_file, "run checkpoint metadata", error=errors.DataError,
