@@ -103,6 +103,7 @@ def build_parser(add_commands: Sequence[Callable[[AddCommand], None]] = ()
   p = command("list", "list the entries")
   p.add_argument("--model", help="only entries of this base model")
   p.add_argument("--task", help="only entries of this task")
+  p.add_argument("--method", help="only entries of this method (prompt, lora, ia3, ...)")
 
   p = command("show", "show one entry")
   p.add_argument("name", metavar="NAME")
@@ -112,6 +113,8 @@ def build_parser(add_commands: Sequence[Callable[[AddCommand], None]] = ()
   q.add_argument("--embedding", metavar="FILE.npy", help="the target task's embedding")
   q.add_argument("--entry", metavar="NAME", help="use this entry's task embedding")
   p.add_argument("--model", help="base model (default: the entry's, or the only one)")
+  p.add_argument("--method", help="rank entries of this method only (default: the entry's, "
+                 "or prompt); methods are never compared with each other")
   p.add_argument("--top-k", type=_positive, default=5, metavar="K")
   p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
   p.add_argument("--prompt-length", type=_positive, metavar="N", help=_PROMPT_LENGTH_HELP)
@@ -137,9 +140,11 @@ def build_parser(add_commands: Sequence[Callable[[AddCommand], None]] = ()
   p = command("heatmap", "PNG of pairwise task similarities, clustered")
   p.add_argument("--out", required=True, metavar="FILE.png")
   p.add_argument("--model", help="base model (default: the only one)")
+  p.add_argument("--method", help="entries of this method (default: that of --entry, or "
+                 "prompt)")
   p.add_argument("--metric", choices=similarity.METRICS, default="avg_tokens")
   p.add_argument("--entry", action="extend", nargs="+", metavar="NAME",
-                 help="only these entries (default: all of the model)")
+                 help="only these entries (default: all of the model and method)")
 
   command("check", "verify every entry's files and checksums, clean what interrupted "
           "writers left in tmp/, rebuild a damaged index; exit 3 on entry problems")
@@ -175,7 +180,10 @@ def _embeddings(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
 
 
 def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
-  step, run_dir, meta = args.step, None, {}
+  """A prompt entry, or for a run of another method (run.json's "method": LoRA,
+  (IA)3, adapters, BitFit, selective tuning, ...) an entry of its trained
+  parameters and config."""
+  step, run_dir, meta, params = args.step, None, {}, None
   if args.best and not args.from_model_dir:
     raise LibraryUsageError("--best needs --from-model-dir DIR (the run whose best step to "
                             "take).")
@@ -189,10 +197,12 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   elif args.from_model_dir:
     run_dir = sources.absolute(args.from_model_dir)
     step = sources.best_step(run_dir) if args.best else args.step
-    prompt, step = sources.model_dir_prompt(run_dir, step, args.variable)
+    if sources.read_run(run_dir).is_prompt_run:
+      prompt, step = sources.model_dir_prompt(run_dir, step, args.variable)
+    else:  # another method: its whole trained (checkpointed) parameter tree
+      params, step = sources.model_dir_trainable(run_dir, step)
   else:
     ckpt = sources.absolute(args.from_t5x)
-    prompt = sources.t5x_prompt(ckpt, args.variable)
     if sources.is_run_checkpoint(ckpt):  # MODEL_DIR/best/<step>: its run is two levels up
       meta = sources.run_checkpoint_meta(ckpt)
       run_dir = str(fs.path(ckpt).parent.parent)
@@ -200,6 +210,10 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     else:
       run_dir = str(fs.path(ckpt).parent)
       default_step = sources.checkpoint_step(ckpt)
+    if meta and not sources.read_run(run_dir, meta).is_prompt_run:
+      params = sources.run_checkpoint_trainable(ckpt)
+    else:
+      prompt = sources.t5x_prompt(ckpt, args.variable)
     step = step if step is not None else meta.get("step", default_step)
   run = sources.read_run(run_dir, meta) if run_dir else sources.RunRecord()
   if args.gin_config:
@@ -208,17 +222,26 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     gin = sources.gin_config(run_dir) if run_dir else ""
   metrics = ({k: _number(k, v) for k, v in args.metrics} if args.metrics
              else dict(run.scores))
-  entry = lib.add(
-      args.name, prompt,
+  common = dict(
       model=ModelInfo(name=args.model,
                       checkpoint=args.model_checkpoint or run.base_checkpoint,
                       embed_dim=run.embed_dim),
       embeddings=_embeddings(args), task=args.task or run.task, metrics=metrics,
       provenance=Provenance(gin_config=gin, step=step), meta={**run.meta(), **dict(args.meta)},
       overwrite=args.overwrite)
-  return entry.summary(), (f"added {entry.name!r}: prompt {_shape(entry.prompt_shape)}, "
-                           f"model {entry.model.name}, task {entry.task or '-'}, embeddings "
-                           f"{', '.join(entry.embedding_keys) or '(the prompt)'}")
+  if params is None:
+    entry = lib.add(args.name, prompt, **common)
+    held = f"prompt {_shape(entry.prompt_shape)}"
+  else:
+    entry = lib.add_params(args.name, params, method=run.entry_method, peft=run.peft, **common)
+    held = f"{entry.method} parameters ({len(entry.params)} arrays)"
+  return entry.summary(), (f"added {entry.name!r}: {held}, model {entry.model.name}, task "
+                           f"{entry.task or '-'}, embeddings "
+                           f"{', '.join(entry.embedding_keys) or _no_embedding(entry)}")
+
+
+def _no_embedding(entry: Any) -> str:
+  return "(the prompt)" if entry.is_prompt else "none (listed, not rankable)"
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -232,10 +255,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _list(lib: PromptLibrary, args: argparse.Namespace) -> Any:
-  entries = lib.entries(model=args.model, task=args.task)
-  rows = [(e.name, e.model.name, e.task or "-", _shape(e.prompt_shape),
-           ",".join(e.embedding_keys) or "(prompt)") for e in entries]
-  text = _table(("NAME", "MODEL", "TASK", "PROMPT", "EMBEDDINGS"), rows)
+  entries = lib.entries(model=args.model, task=args.task, method=args.method)
+  rows = [(e.name, e.model.name, e.task or "-", e.method,
+           _shape(e.prompt_shape) if e.is_prompt else f"{len(e.params)} arrays",
+           ",".join(e.embedding_keys) or ("(prompt)" if e.is_prompt else "-"))
+          for e in entries]
+  text = _table(("NAME", "MODEL", "TASK", "METHOD", "ARRAYS", "EMBEDDINGS"), rows)
   return [e.summary() for e in entries], f"{text}\n{len(entries)} entries"
 
 
@@ -246,8 +271,13 @@ def _show(lib: PromptLibrary, args: argparse.Namespace) -> Any:
       f"model:       {e.model.name} (embed dim {e.model.embed_dim})",
       f"checkpoint:  {e.model.checkpoint or '-'}",
       f"task:        {e.task or '-'}",
-      f"prompt:      {_shape(e.prompt_shape)} {e.prompt.dtype} sha256 {e.prompt.sha256[:12]}",
+      f"method:      {e.method}" + (f" {json.dumps(dict(e.peft))}" if e.peft else ""),
   ]
+  if e.prompt is not None:
+    lines.append(f"prompt:      {_shape(e.prompt_shape)} {e.prompt.dtype} sha256 "
+                 f"{e.prompt.sha256[:12]}")
+  for path, rec in e.params:
+    lines.append(f"param:       {path} {_shape(rec.shape)} sha256 {rec.sha256[:12]}")
   for key, rec in e.embeddings:
     lines.append(f"embedding:   {key} {_shape(rec.shape)} sha256 {rec.sha256[:12]}")
   lines += [
@@ -267,7 +297,7 @@ def _query(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   query = args.entry or sources.read_npy(args.embedding, "--embedding")
   try:
     ranked = retrieval.rank(lib, query, model=args.model, metric=args.metric, top_k=args.top_k,
-                            prompt_length=args.prompt_length)
+                            prompt_length=args.prompt_length, method=args.method)
   except ModelMismatchError as e:
     if args.entry:
       raise
@@ -308,7 +338,7 @@ def _import(lib: PromptLibrary, args: argparse.Namespace) -> Any:
 def _heatmap(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   from spot.library import heatmap  # pylint: disable=g-import-not-at-top  (scipy, matplotlib)
   names, matrix = retrieval.pairwise(lib, model=args.model, metric=args.metric,
-                                     names=args.entry)
+                                     names=args.entry, method=args.method)
   title = f"task similarity ({args.metric})"
   names, matrix = heatmap.write_heatmap(names, matrix, args.out, title)
   payload = {"out": args.out, "metric": args.metric, "names": names,

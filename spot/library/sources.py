@@ -140,6 +140,57 @@ def run_checkpoint_prompt(path: str, variable: str = DEFAULT_VARIABLE) -> np.nda
   return np.asarray(out)
 
 
+def run_checkpoint_trainable(path: str) -> dict[str, np.ndarray]:
+  """Every trainable array of a spot run checkpoint, flat {'/'-joined path: array}.
+
+  This is what a PEFT run trained (its LoRA, (IA)3, adapter, ... parameters,
+  and a prompt when one was trained beside them); the frozen base is not in
+  a run checkpoint.
+  """
+  path = absolute(path)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (heavy)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  state = epath.Path(path) / run_dir.STATE_ITEM
+  try:
+    tree = ocp.PyTreeCheckpointHandler().metadata(state).tree
+  except (FileNotFoundError, ValueError, OSError) as e:
+    raise LibraryError(f"cannot read the run checkpoint {path}: {e}") from e
+  if not isinstance(tree, Mapping) or not isinstance(tree.get("trainable"), Mapping):
+    raise LibraryError(f"run checkpoint {path} holds no 'trainable' parameters; is it a spot "
+                       "run checkpoint (MODEL_DIR/checkpoints/<step>)?")
+  subtree = {"trainable": tree["trainable"]}
+  restore_args = {"trainable": _map_leaves(tree["trainable"],
+                                           ocp.RestoreArgs(restore_type=np.ndarray))}
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    out = checkpointer.restore(state, args=ocp.args.PyTreeRestore(
+        item=subtree, restore_args=restore_args, partial_restore=True))
+  flat = traverse_util.flatten_dict(dict(out["trainable"]), sep="/")
+  return {k: np.asarray(v) for k, v in sorted(flat.items())}
+
+
+def _map_leaves(tree: Any, leaf: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _map_leaves(v, leaf) for k, v in tree.items()}
+  return leaf
+
+
+def model_dir_trainable(model_dir: str, step: Optional[int] = None
+                        ) -> tuple[dict[str, np.ndarray], int]:
+  """(trainable arrays {path: array}, step) of a run's orbax checkpoint at `step`
+  (default the latest, under checkpoints/ or best/)."""
+  model_dir = absolute(model_dir)
+  orbax = {**run_checkpoints(model_dir, "checkpoints"), **run_checkpoints(model_dir, "best")}
+  if not orbax:
+    raise LibraryError(f"{model_dir} has no checkpoints/<step> or best/<step> run "
+                       "checkpoints: is it a training run's model_dir?")
+  step = max(orbax) if step is None else step
+  if step not in orbax:
+    raise LibraryError(f"{model_dir} has no run checkpoint at step {step}; it has steps "
+                       f"{', '.join(map(str, sorted(orbax)))} (--best picks the best one).")
+  return run_checkpoint_trainable(str(orbax[step])), step
+
+
 def _nest(keys: list[str], leaf: Any) -> Any:
   for key in reversed(keys):
     leaf = {key: leaf}
@@ -172,6 +223,29 @@ class RunRecord:
   method: str = ""
   scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
   scores_step: Optional[int] = None
+  # What the run trained (run.json's "method", "peft", "trainable"): "prompt"
+  # for runs written before methods were recorded.
+  trained_method: str = "prompt"
+  peft: Optional[Mapping[str, Any]] = None
+  trainable: tuple[str, ...] = ()
+
+  @property
+  def is_prompt_run(self) -> bool:
+    """Whether the run trained a prompt alone (what a prompt entry holds).
+
+    run.json says "prompt" also for selective tuning (no module added, the
+    base's own parameters trained), which its trainable regexes tell apart.
+    """
+    if self.trained_method != "prompt":
+      return False
+    return not self.trainable or all("prompt" in r for r in self.trainable)
+
+  @property
+  def entry_method(self) -> str:
+    """The library method of the run's entry: "prompt", "selective" or the PEFT method."""
+    if self.trained_method == "prompt" and not self.is_prompt_run:
+      return "selective"
+    return self.trained_method
 
   def meta(self) -> dict[str, Any]:
     """The facts worth keeping in an entry's meta (those the run recorded)."""
@@ -203,7 +277,11 @@ def read_run(model_dir: str, meta: Optional[Mapping[str, Any]] = None) -> RunRec
   clean = {str(k): float(v) for k, v in scores.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
   config = run.get("model_config") if isinstance(run.get("model_config"), Mapping) else {}
+  trainable = run.get("trainable") if isinstance(run.get("trainable"), list) else []
+  peft = run.get("peft") if isinstance(run.get("peft"), Mapping) else None
   return RunRecord(
+      trained_method=str(run.get("method") or "prompt"), peft=dict(peft) if peft else None,
+      trainable=tuple(str(r) for r in trainable),
       task=str(run.get("task") or metrics.get("task") or ""),
       base_checkpoint=str(run.get("base_checkpoint") or ""),
       embed_dim=_int(config.get("emb_dim")),

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from spot.library.entry import check_prompt_entry
 from spot.library.errors import LibraryError
 from spot.library.store import PromptLibrary
 
@@ -49,11 +50,17 @@ def weighted_average(prompts: Sequence[np.ndarray], scores: Sequence[float]) -> 
 
 
 def init_prompt(library: PromptLibrary, ranked: Ranked, method: str = "top1") -> np.ndarray:
-  """A target prompt's initial value from a ranking (`retrieval.rank` output)."""
+  """A target prompt's initial value from a ranking (`retrieval.rank` output).
+
+  Only prompt entries initialise a prompt: a ranked entry of another method
+  (LoRA, ...) is refused with a MethodMismatchError naming it and its method.
+  """
   if method not in METHODS:
     raise ValueError(f"unknown init method {method!r}; use one of {', '.join(METHODS)}.")
   if not ranked:
     raise LibraryError("the ranking is empty: no source prompt to initialise from.")
+  for name, _ in ranked[:1] if method == "top1" else ranked:  # before any array is read
+    check_prompt_entry(library.entry(name))
   if method == "top1":
     return library.prompt(ranked[0][0])
   return weighted_average([library.prompt(n) for n, _ in ranked], [s for _, s in ranked])

@@ -24,9 +24,11 @@ def from_library(library_path: str, name: str, model_family: Optional[str] = Non
 
   def load(embed_dim: int):
     from spot.library import PromptLibrary  # pylint: disable=g-import-not-at-top
-    from spot.library.entry import check_run_model  # pylint: disable=g-import-not-at-top
+    from spot.library.entry import (  # pylint: disable=g-import-not-at-top
+        check_prompt_entry, check_run_model)
     lib = PromptLibrary(library_path)
-    check_run_model(lib.entry(name), embed_dim, model_family, model_size)
+    entry = check_prompt_entry(lib.entry(name))  # a LoRA entry is no prompt to start from
+    check_run_model(entry, embed_dim, model_family, model_size)
     return lib.prompt(name)
 
   return prompts.from_library(load, f"library entry {name!r} in {library_path}")

@@ -349,9 +349,14 @@ class SpotWorkflow:
   def run_target(self, task: str, index: int, total: int) -> TargetOutcome:
     """Random, generic-SPoT and retrieved initialisations on one target task."""
     from spot.library import retrieval, transfer
+    from spot.library.entry import check_prompt_entry
     from spot.train import checkpointing
     steps, every = self.cfg.target_steps, self.cfg.eval_every
     head = f"target {index}/{total} {task}"
+    lib = self.library()
+    # Before any target trains: generic SPoT starts from the mixture's prompt, so an entry of
+    # another method (LoRA, ...) under that name is refused here, naming it and its method.
+    check_prompt_entry(lib.entry(self.suite.mixture))
     self.log(f"{head}: prompt from the fixed (random) initialisation; its step "
              f"{self.cfg.embedding_step} is the target's task embedding")
     runs = {"random": self.train_prompt(f"target_{task}_random", task, steps, "random",
@@ -360,8 +365,9 @@ class SpotWorkflow:
     emb_file = epath.Path(runs["random"].model_dir) / "task_embedding.npy"
     checkpointing.save_numpy_atomic(emb_file, embedding)
 
-    lib = self.library()
-    ranking = retrieval.rank(lib, embedding, model=self.model_name, exclude=[self.suite.mixture])
+    # Prompt entries only: an embedding query never ranks another method's entries.
+    ranking = retrieval.rank(lib, embedding, model=self.model_name, method="prompt",
+                             exclude=[self.suite.mixture])
     best, sim = ranking[0]
     self.log(f"{head}: retrieved {best} (similarity {sim:.3f}); next: "
              + ", ".join(f"{n} {s:.3f}" for n, s in ranking[1:3]))
