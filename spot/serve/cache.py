@@ -33,6 +33,15 @@ class WrongModelError(ValueError):
   """The entry is a prompt for another base model than the server's."""
 
 
+class UnservableMethodError(ValueError):
+  """The entry holds another method's parameters (LoRA, (IA)3, ...), not a prompt.
+
+  The server batches requests of many prompts through one frozen model; an
+  entry that changes the model's weights cannot share that batch, so it is
+  refused (and not listed) rather than served wrongly.
+  """
+
+
 @dataclasses.dataclass(frozen=True)
 class CachedPrompt:
   """A servable prompt: its entry name, base model, task and array [P, D] float32."""
@@ -103,6 +112,7 @@ class PromptCache:
 
     Raises:
       UnknownPromptError: no valid entry `name` in the library.
+      UnservableMethodError: the entry is of another method than prompts.
       WrongModelError: the entry belongs to another base model.
     """
     with self._lock:
@@ -131,6 +141,12 @@ class PromptCache:
       if "invalid entry name" in str(e):
         raise self._unknown(name) from None
       raise
+    if not entry.is_prompt:
+      raise UnservableMethodError(
+          f"library entry {entry.name!r} holds {entry.method} parameters (method "
+          f"{entry.method!r}), not a prompt; spot serve applies prompt entries only (one frozen model for every "
+          "request): pick an entry listed by GET /v1/prompts, or merge the method into a "
+          "checkpoint (spot.peft.merge_peft) and serve that as --base.")
     problem = self.fits(entry)
     if problem:
       raise WrongModelError(problem)
@@ -147,5 +163,7 @@ class PromptCache:
                               "add NAME --prompt FILE.npy --model MODEL).", close)
 
   def servable(self) -> list[entry_lib.Entry]:
-    """The library's valid entries that fit this base model, sorted by name."""
-    return [e for e in self.library.entries() if self.fits(e) is None]
+    """The library's valid prompt entries that fit this base model, sorted by name
+    (entries of other methods are never servable, see `UnservableMethodError`)."""
+    return [e for e in self.library.entries(method=entry_lib.PROMPT_METHOD)
+            if self.fits(e) is None]

@@ -16,7 +16,8 @@ from typing import Any, Hashable, Sequence
 
 from spot.serve import requests as req_lib
 from spot.serve.batcher import Batcher, Item, QueueFullError
-from spot.serve.cache import CachedPrompt, PromptCache, UnknownPromptError, WrongModelError
+from spot.serve.cache import (CachedPrompt, PromptCache, UnknownPromptError,
+                              UnservableMethodError, WrongModelError)
 from spot.serve.engine import Engine, bucket
 from spot.serve.metrics import Metrics
 
@@ -79,6 +80,8 @@ class Service:
       return await asyncio.to_thread(self.cache.get, name)
     except UnknownPromptError as e:
       raise RequestError(404, "unknown_prompt", "prompt", str(e), close_names=e.close) from None
+    except UnservableMethodError as e:
+      raise RequestError(409, "unservable_method", "prompt", str(e)) from None
     except WrongModelError as e:
       raise RequestError(409, "wrong_base_model", "prompt", str(e)) from None
 
@@ -166,7 +169,7 @@ class Service:
             "timings": _timings(start, results)}
 
   async def prompts(self) -> dict:
-    """`GET /v1/prompts`: the library entries servable on this base model."""
+    """`GET /v1/prompts`: the library's prompt entries servable on this base model."""
     entries = await asyncio.to_thread(self.cache.servable)
     return {"model": self.engine.model_name, "prompts": [
         {"name": e.name, "model": e.model.name, "task": e.task,

@@ -53,6 +53,20 @@ def test_cache_refuses_other_models_and_names_close_entries(lib):
   assert [e.name for e in exact.servable()] == ["p0", "p1", "p2", "p3"]
 
 
+def test_cache_refuses_and_does_not_list_other_methods(lib):
+  from spot.library.entry import ModelInfo
+  from spot.serve.cache import UnservableMethodError
+  lib.add_params("ia3_entry", {"encoder/layers_0/attention/key/ia3/scale": np.ones(4)},
+                 method="ia3", peft={"method": "ia3"},
+                 model=ModelInfo("t5_1_1_tiny", embed_dim=4))
+  cache = PromptCache(lib, "t5_1_1_tiny", 4)
+  with pytest.raises(UnservableMethodError,
+                     match=r"'ia3_entry' holds ia3 parameters \(method 'ia3'\).*GET /v1/prompts"):
+    cache.get("ia3_entry")
+  assert "ia3_entry" not in [e.name for e in cache.servable()]
+  assert len(cache) == 0
+
+
 def test_serve_start_up_errors_name_the_flag(tmp_path, lib):
   from spot.serve import cli
   args = ["--base", str(tmp_path / "nothing"), "--vocabulary", str(tmp_path / "none.model")]

@@ -152,6 +152,24 @@ def test_prompt_of_another_base_model_is_409(client):
   assert "t5_1_1_lm100k_base" in err["message"] and "t5_1_1_tiny" in err["message"]
 
 
+def test_entry_of_another_method_is_not_listed_and_is_409(client, library, engine):
+  """A LoRA entry changes the model's weights, so one batched frozen model cannot serve it."""
+  from spot.library.entry import ModelInfo
+  d = engine.config.emb_dim
+  library.add_params("lora_entry", {"encoder/layers_0/attention/query/lora/a": np.ones((d, 2)),
+                                    "encoder/layers_0/attention/query/lora/b": np.ones((2, d))},
+                     method="lora", peft=None, model=ModelInfo(engine.model_name, embed_dim=d))
+  try:
+    assert "lora_entry" not in [p["name"] for p in client.get("/v1/prompts").json()["prompts"]]
+    for path, body in (("/v1/generate", {"inputs": "x"}),
+                       ("/v1/score", {"inputs": "x", "targets": ["a"]})):
+      err = _error(client.post(path, json={"prompt": "lora_entry", **body}), 409, "prompt")
+      assert err["kind"] == "unservable_method"
+      assert "'lora_entry'" in err["message"] and "'lora'" in err["message"]
+  finally:
+    library.remove("lora_entry")
+
+
 def test_too_long_is_413_unless_truncated(client, engine):
   long_text = " ".join(["word"] * 80)
   err = _error(client.post("/v1/generate", json={"prompt": ENTRIES[0],
