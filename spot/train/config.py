@@ -9,6 +9,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
+from spot import errors
+
+# How a run's reported scores are chosen (PROTOCOL): "dev" selects the
+# checkpoint and reports on the same eval split; "dev1/dev2" selects on one half
+# of it and reports on the other (spot.train.data.dev_halves).
+PROTOCOL_DEV = "dev"
+PROTOCOL_DEV1_DEV2 = "dev1/dev2"
+PROTOCOLS = (PROTOCOL_DEV, PROTOCOL_DEV1_DEV2)
+DEV1, DEV2 = "dev1", "dev2"
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
@@ -35,6 +45,9 @@ class EvalConfig:
       improvement of best_metric (None: never).
     decode: keyword arguments of `spot.train.inference.predict_batch`
       (method, num_decodes, alpha, temperature, topk, topp).
+    dev_split_seed: DEV_SPLIT_SEED, the seed of the dev1/dev2 halves.
+    dev_source_split: DEV_SOURCE_SPLIT, the split the halves divide; default
+      `split` when the task has it, else its first "validation*" split.
   """
 
   period: int = 0
@@ -47,6 +60,38 @@ class EvalConfig:
   mode: str = "max"
   early_stopping_patience: Optional[int] = None
   decode: Optional[Mapping[str, Any]] = None
+  dev_split_seed: int = 0
+  dev_source_split: Optional[str] = None
+
+
+def check_protocol(protocol: str, eval_cfg: Optional[EvalConfig]) -> None:
+  """PROTOCOL is known, and "dev1/dev2" has an evaluation to select with."""
+  if protocol not in PROTOCOLS:
+    raise errors.UsageError(f"PROTOCOL={protocol!r} is not a protocol; use "
+                            f"{' or '.join(map(repr, PROTOCOLS))}.")
+  if protocol == PROTOCOL_DEV1_DEV2 and eval_cfg is None:
+    raise errors.UsageError("PROTOCOL='dev1/dev2' selects checkpoints by evaluation, but the run "
+                            "has none; bind trainer.train.eval_cfg (a run file does).")
+  if protocol == PROTOCOL_DEV1_DEV2 and eval_cfg.split in (DEV1, DEV2):
+    raise errors.UsageError(f"PROTOCOL='dev1/dev2' with EVAL_SPLIT={eval_cfg.split!r}: give the "
+                            "split to halve (e.g. 'validation') as EVAL_SPLIT or DEV_SOURCE_SPLIT.")
+
+
+def selection_eval_cfg(eval_cfg: Optional[EvalConfig], protocol: str) -> Optional[EvalConfig]:
+  """The evaluation that selects checkpoints: `eval_cfg`, or its dev1 half under dev1/dev2."""
+  if eval_cfg is None or protocol == PROTOCOL_DEV:
+    return eval_cfg
+  return _half(eval_cfg, DEV1)
+
+
+def report_eval_cfg(eval_cfg: EvalConfig, protocol: str) -> EvalConfig:
+  """The evaluation a run reports: `eval_cfg`, or its dev2 half under dev1/dev2."""
+  return eval_cfg if protocol == PROTOCOL_DEV else _half(eval_cfg, DEV2)
+
+
+def _half(eval_cfg: EvalConfig, half: str) -> EvalConfig:
+  return dataclasses.replace(eval_cfg, split=half,
+                             dev_source_split=eval_cfg.dev_source_split or eval_cfg.split)
 
 
 @dataclasses.dataclass(frozen=True)

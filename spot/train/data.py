@@ -5,20 +5,26 @@ is SeqIO's encoder-decoder converter that also carries the per-example prompt
 features (`prompt_id`, `language_id`, `task_id`) and knows the prompt length,
 so the encoder sees `prompt_length + inputs` positions; packed, it reserves
 each example's prompt positions inside the row.
+
+The split names "dev1" and "dev2" work wherever a split does: two disjoint,
+seeded, label-stratified halves of a task's validation split (`dev_halves`),
+for selecting checkpoints on one half and reporting on the other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from spot import errors
+from spot.train.config import DEV1, DEV2
 from spot.train.models import PROMPT_FEATURES
 
 DataDir = Union[str, Sequence[str], None]
@@ -38,6 +44,9 @@ class DatasetConfig:
       it, so the model and the data never disagree. None keeps each task's.
     pack: several examples per row, each with its own prompt (PACK; T5X's
       DatasetConfig.pack). `batch_size` then counts rows, as in T5X.
+    seed: the data order (DATA_SEED).
+    dev_split_seed / dev_source_split: with split "dev1" or "dev2", the seed
+      of the halves and the split they divide (see `dev_halves`).
   """
 
   mixture_or_task_name: str
@@ -51,6 +60,8 @@ class DatasetConfig:
   data_dir: DataDir = None
   vocabulary: Optional[seqio.Vocabulary] = None
   pack: bool = False
+  dev_split_seed: int = 0
+  dev_source_split: Optional[str] = None
 
   def __post_init__(self):
     check_feature_lengths(self.task_feature_lengths)
@@ -359,10 +370,10 @@ def get_dataset(cfg: DatasetConfig, converter: seqio.FeatureConverter, *,
   kwargs = {}
   if isinstance(task, seqio.Mixture) and prompt_features:
     kwargs["passthrough_features"] = passthrough_features(prompt_features)
-  ds = task.get_dataset(sequence_length=dict(cfg.task_feature_lengths), split=cfg.split,
-                        use_cached=cfg.use_cached, shuffle=cfg.shuffle, seed=cfg.seed,
-                        shard_info=seqio.ShardInfo(shard_index, num_shards),
-                        num_epochs=num_epochs, **kwargs)
+  ds = _task_dataset(cfg, task, sequence_length=dict(cfg.task_feature_lengths),
+                     split=cfg.split, use_cached=cfg.use_cached, shuffle=cfg.shuffle,
+                     seed=cfg.seed, shard_info=seqio.ShardInfo(shard_index, num_shards),
+                     num_epochs=num_epochs, **kwargs)
   ds = converter(ds, dict(cfg.task_feature_lengths))
   ds = ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
   if skip_batches:
@@ -387,8 +398,8 @@ def max_feature_lengths(cfg: DatasetConfig, num_examples: Optional[int] = None
   first `num_examples` examples (all if None): eval's default lengths, used
   when TASK_FEATURE_LENGTHS is not set."""
   task = get_task(cfg.mixture_or_task_name, cfg.module, cfg.data_dir, cfg.vocabulary)
-  ds = task.get_dataset(sequence_length=None, split=cfg.split, shuffle=False,
-                        use_cached=cfg.use_cached, num_epochs=1)
+  ds = _task_dataset(cfg, task, sequence_length=None, split=cfg.split, shuffle=False,
+                     use_cached=cfg.use_cached, num_epochs=1)
   if num_examples:
     ds = ds.take(num_examples)
   lengths = {k: 0 for k in _FEATURES}
@@ -400,3 +411,189 @@ def max_feature_lengths(cfg: DatasetConfig, num_examples: Optional[int] = None
     raise errors.DataError(f"Split {cfg.split!r} of {cfg.mixture_or_task_name!r} has no "
                            "examples with targets; check SPLIT and DATA_DIR.")
   return {k: max(v, 1) for k, v in lengths.items()}
+
+
+# ------------------------------------------------------------------------------
+# dev1 / dev2: two halves of a validation split.
+# ------------------------------------------------------------------------------
+
+DEV_SPLITS = (DEV1, DEV2)
+# Targets that all read as numbers with more distinct values than this are a
+# regression (STS-B): halves are stratified by the sorted value instead of by string.
+_MAX_CLASSES = 20
+
+
+def dev_halves(targets: Sequence[Any], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """The sorted example indices of dev1 and dev2: a seeded, stratified halving.
+
+  Classification (target strings): within each distinct target (in sorted
+  order) the examples are shuffled with `seed` and dealt alternately, the
+  first to the half that is smaller so far, so per label the halves differ by
+  at most one example, and in total by at most one. Regression (all targets
+  numeric, more than 20 distinct values): examples sorted by value are taken
+  in consecutive pairs and each pair is split at random, i.e. stratified by
+  sorted quantile.
+
+  Args:
+    targets: [N] one target per example (str, bytes, numbers or token tuples).
+    seed: DEV_SPLIT_SEED; the same seed and targets give the same halves in
+      any process.
+  Returns:
+    (dev1 [ceil or floor N/2], dev2) int64 index arrays, disjoint, covering 0..N-1.
+  """
+  rng = np.random.default_rng(seed)
+  keys = [_target_key(t) for t in targets]
+  values = _numeric(keys)
+  halves: tuple[list[int], list[int]] = ([], [])
+  if values is not None and len(set(values)) > _MAX_CLASSES:
+    order = sorted(range(len(keys)), key=lambda i: (values[i], i))
+    for j in range(0, len(order), 2):
+      pair = order[j:j + 2]
+      first = int(rng.integers(2))
+      for k, i in enumerate(pair):
+        halves[(first + k) % 2].append(i)
+  else:
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+      groups.setdefault(k, []).append(i)
+    for k in sorted(groups):
+      members = list(rng.permutation(groups[k]))
+      # The half that is smaller so far takes the odd one out: totals differ by <= 1.
+      start = 0 if len(halves[0]) <= len(halves[1]) else 1
+      for n, i in enumerate(members):
+        halves[(start + n) % 2].append(int(i))
+  return tuple(np.asarray(sorted(h), np.int64) for h in halves)  # type: ignore[return-value]
+
+
+def _target_key(target: Any) -> str:
+  if isinstance(target, bytes):
+    return target.decode("utf-8", "replace")
+  if isinstance(target, np.ndarray):
+    return " ".join(map(str, target.tolist())) if target.ndim else str(target.item())
+  if isinstance(target, (list, tuple)):
+    return " ".join(map(str, target))
+  return str(target)
+
+
+def _numeric(keys: Sequence[str]) -> Optional[list[float]]:
+  try:
+    return [float(k) for k in keys]
+  except ValueError:
+    return None
+
+
+def dev_source_split(task: Any, preferred: Optional[str] = None) -> str:
+  """The split dev1/dev2 divide: `preferred` (DEV_SOURCE_SPLIT, else EVAL_SPLIT) when
+  the task has it, else "validation", else its first "validation*" split
+  (e.g. mnli's "validation_matched")."""
+  splits = list(getattr(task, "splits", None) or ())
+  for name in (preferred, "validation"):
+    if name and name in splits:
+      return name
+  like = [s for s in splits if s.startswith("validation")]
+  if like:
+    return like[0]
+  raise errors.UsageError(
+      f"Task {getattr(task, 'name', task)!r} has no validation split to halve into dev1/dev2 "
+      f"(its splits: {splits}); name one with --gin.DEV_SOURCE_SPLIT.")
+
+
+def _dev_targets(task: Any, source: str, sequence_length: Optional[Mapping[str, int]],
+                 use_cached: bool) -> list[Any]:
+  """The target of every example of `source`, in the split's (unshuffled) order."""
+  ds = task.get_dataset(sequence_length=sequence_length, split=source, shuffle=False,
+                        use_cached=use_cached, num_epochs=1)
+  key = "targets_pretokenized" if "targets_pretokenized" in ds.element_spec else "targets"
+  return [ex for ex in ds.map(lambda ex: ex[key]).as_numpy_iterator()]
+
+
+def half_dataset(task: Any, split: str, *, split_seed: int = 0,
+                 source_split: Optional[str] = None,
+                 sequence_length: Optional[Mapping[str, int]] = None, use_cached: bool = False,
+                 shuffle: bool = False, seed: Optional[int] = None,
+                 shard_info: Optional[seqio.ShardInfo] = None, num_epochs: Optional[int] = 1,
+                 **kwargs) -> tf.data.Dataset:
+  """The examples of dev1 or dev2 of `task` (a seqio.Task), in the source split's order.
+
+  Reads the source split unshuffled, keeps the half's indices (`dev_halves`
+  of its targets), then shards, shuffles (with `seed`) and repeats.
+  """
+  del kwargs  # Task-only knobs (trim_output_features, ...) keep their defaults
+  if split not in DEV_SPLITS:
+    raise ValueError(f"split {split!r} is not one of {DEV_SPLITS}.")
+  if not isinstance(task, seqio.Task):
+    raise errors.UsageError(f"split {split!r} of the mixture {task.name!r}: dev1/dev2 halve a "
+                            "task's split; evaluate the mixture's tasks (EvalConfig.tasks).")
+  source = dev_source_split(task, source_split)
+  targets = _dev_targets(task, source, sequence_length, use_cached)
+  keep = dev_halves(targets, split_seed)[DEV_SPLITS.index(split)]
+  if not len(keep):
+    raise errors.DataError(f"{split} of {task.name!r} is empty: its {source!r} split has "
+                           f"{len(targets)} example(s); halving needs at least two.")
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(keep), tf.ones(len(keep), tf.int64)), 0)
+  ds = task.get_dataset(sequence_length=sequence_length, split=source, shuffle=False,
+                        use_cached=use_cached, num_epochs=1)
+
+  def kept(i, ex):
+    del ex
+    return table.lookup(i) > 0
+
+  def example(i, ex):
+    del i
+    return ex
+
+  ds = ds.enumerate().filter(kept).map(example)
+  if shard_info is not None and shard_info.num_shards > 1:
+    ds = ds.shard(shard_info.num_shards, shard_info.index)
+  if shuffle:
+    ds = ds.shuffle(len(keep), seed=seed)
+  return ds.repeat(num_epochs)
+
+
+def _task_dataset(cfg: DatasetConfig, task: Any, *, split: str, **kwargs) -> tf.data.Dataset:
+  """`task.get_dataset(split=split, ...)`, with "dev1" / "dev2" read as halves."""
+  if split in DEV_SPLITS:
+    kwargs.pop("passthrough_features", None)
+    return half_dataset(task, split, split_seed=cfg.dev_split_seed,
+                        source_split=cfg.dev_source_split, **kwargs)
+  return task.get_dataset(split=split, **kwargs)
+
+
+def with_dev_splits(task: seqio.Task, split_seed: int = 0,
+                    source_split: Optional[str] = None) -> seqio.Task:
+  """A copy of `task` that also has the splits "dev1" and "dev2" (`half_dataset`)."""
+  base = type(task)
+
+  class DevHalvesTask(base):  # pylint: disable=missing-class-docstring
+    @property
+    def splits(self):
+      return tuple(base.splits.fget(self)) + DEV_SPLITS
+
+    def get_dataset(self, sequence_length=None, split="train", **kw):
+      if split in DEV_SPLITS:
+        return half_dataset(task, split, split_seed=split_seed, source_split=source_split,
+                            sequence_length=sequence_length, **kw)
+      return base.get_dataset(self, sequence_length, split, **kw)
+
+  copy = object.__new__(DevHalvesTask)
+  copy.__dict__.update(task.__dict__)
+  return copy
+
+
+@contextlib.contextmanager
+def dev_splits_registered(names: Sequence[str], split_seed: int = 0,
+                          source_split: Optional[str] = None) -> Iterator[None]:
+  """Within the block, the registered tasks `names` also have splits dev1 and dev2.
+
+  For code that looks tasks up by name (seqio.Evaluator); the registry is
+  restored on exit, and datasets built inside keep their halves.
+  """
+  registry = seqio.TaskRegistry._REGISTRY  # pylint: disable=protected-access
+  saved = {n: registry[n] for n in names if n in registry}
+  try:
+    for n, task in saved.items():
+      registry[n] = with_dev_splits(task, split_seed, source_split)
+    yield
+  finally:
+    registry.update(saved)

@@ -11,6 +11,7 @@ loggers save what T5X saves: predictions and metrics as JSONL under
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -31,13 +32,18 @@ Batch = Mapping[str, np.ndarray]
 
 def eval_task_names(name: str, split: str, module: Optional[str] = None,
                     data_dir: Optional[str] = None) -> list[str]:
-  """Tasks of a task or mixture that have metrics and the given split."""
+  """Tasks of a task or mixture that have metrics and the given split.
+
+  "dev1" / "dev2" count as present where the task has a validation split to halve.
+  """
   task = data_lib.get_task(name, module, data_dir)
   tasks = seqio.get_subtasks(task) if isinstance(task, seqio.Mixture) else [task]
   out = []
   for t in tasks:
     has_metrics = bool(getattr(t, "metric_fns", None) or getattr(t, "metric_objs", None))
     splits = getattr(t.source, "splits", None) or ()
+    if split in data_lib.DEV_SPLITS:
+      splits = data_lib.DEV_SPLITS if any(s.startswith("validation") for s in splits) else ()
     if has_metrics and (not splits or split in splits):
       out.append(t.name)
   return out
@@ -172,12 +178,17 @@ class Evaluator:
                       _logger_at(seqio.TensorBoardLogger,
                                  os.path.join(model_dir, TRAINING_EVAL_DIR))],
           log_dir=os.path.join(model_dir, INFERENCE_EVAL_DIR))
-    self.evaluators = {
-        name: seqio.Evaluator(name, converter, eval_split=eval_cfg.split,
-                              sequence_length=dict(lengths) if lengths else None,
-                              num_examples=eval_cfg.num_examples, shuffle=False,
-                              use_memory_cache=True, async_compute_metrics=False, **loggers)
-        for name in names}
+    halves = contextlib.nullcontext()
+    if eval_cfg.split in data_lib.DEV_SPLITS:  # dev1 / dev2: halves of a validation split
+      halves = data_lib.dev_splits_registered(names, getattr(eval_cfg, "dev_split_seed", 0),
+                                              getattr(eval_cfg, "dev_source_split", None))
+    with halves:
+      self.evaluators = {
+          name: seqio.Evaluator(name, converter, eval_split=eval_cfg.split,
+                                sequence_length=dict(lengths) if lengths else None,
+                                num_examples=eval_cfg.num_examples, shuffle=False,
+                                use_memory_cache=True, async_compute_metrics=False, **loggers)
+          for name in names}
 
   def _batches(self, dataset) -> Iterator[tuple[np.ndarray, Batch, int]]:
     """(example indices, padded model features, real rows) of each batch of `dataset`."""

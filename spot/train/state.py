@@ -118,18 +118,26 @@ def init_prompt_params(model: EncoderDecoderModel, rng: jax.Array) -> dict:
 
 
 def initial_params(model: EncoderDecoderModel, initial_checkpoint_path: Optional[str],
-                   seed: int = 0) -> dict:
-  """Base parameters with the prompt's initial value added."""
+                   seed: int = 0, init_seed: Optional[int] = None) -> dict:
+  """Base parameters with the prompt's (and PEFT method's) initial value added.
+
+  Args:
+    seed: the run's SEED; seeds the "random" base (so eval and export, which
+      read the run's `seed`, rebuild the same base).
+    init_seed: INIT_SEED, the seed of the prompt and PEFT initial values only
+      (default `seed`): runs that differ only in it share the base and the data.
+  """
   base = load_base_params(model, initial_checkpoint_path, seed)
+  init_key = jax.random.PRNGKey(seed if init_seed is None else init_seed)
   flat = traverse_util.flatten_dict(dict(base), sep="/")
   prompt_keys = [k for k in flat if k.startswith("encoder/prompt/")]
   if prompt_keys and model.prompt is not None:
     # A prompt-tuned T5X checkpoint: keep its prompt (eval/infer of T5X runs).
-    flat.update(init_peft_params(model, flat, jax.random.fold_in(jax.random.PRNGKey(seed), 2)))
+    flat.update(init_peft_params(model, flat, jax.random.fold_in(init_key, 2)))
     return traverse_util.unflatten_dict(flat, sep="/")
   base = {k: v for k, v in flat.items() if k not in prompt_keys}
-  prompt = init_prompt_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
-  base.update(init_peft_params(model, base, jax.random.fold_in(jax.random.PRNGKey(seed), 2)))
+  prompt = init_prompt_params(model, jax.random.fold_in(init_key, 1))
+  base.update(init_peft_params(model, base, jax.random.fold_in(init_key, 2)))
   return trainable_lib.merge(prompt, traverse_util.unflatten_dict(base, sep="/"))
 
 

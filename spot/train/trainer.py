@@ -14,8 +14,10 @@ does each one. What differs from T5X, and why:
 - Checkpoints hold the trainable parameters, optimizer state, step and the
   data position, plus the path of the frozen base checkpoint: kilobytes for a
   prompt run instead of the full model.
-- Data order and dropout are functions of (seed, step), so a run killed at any
-  point and resumed ends with the same prompt as an uninterrupted one. The
+- Data order and dropout are functions of (data_seed, step), and the initial
+  trainable values of init_seed alone (both default to seed), so seeds of
+  initialisation and of data order vary apart, and a run killed at any point
+  and resumed ends with the same prompt as an uninterrupted one. The
   checkpoint meta also carries the eval history, the best (step, value) and the
   bad-eval count, so best/, early stopping and the final metrics come out the same.
 - Every step returns a finiteness flag (see `step_is_finite`); it is read one
@@ -24,6 +26,9 @@ does each one. What differs from T5X, and why:
 - Everything that can be checked cheaply (task, batch split, eval settings,
   model_dir writable, base checkpoint and prompt shape on resume) is checked
   before the first file in model_dir changes.
+- With protocol "dev1/dev2", evaluations during training (best/, early
+  stopping) run on dev1, one half of the validation split, and the selected
+  step is scored once on the other half, dev2 (`spot.train.data.dev_halves`).
 - Final metrics go to the `metrics_writers` the caller passes (the run files
   bind `spot.report_writers.write_final_metrics` and
   `spot.xgen.report.write_xgen_scores`): training knows nothing of reports.
@@ -50,7 +55,9 @@ from spot.prompts import modules as prompt_modules
 from spot.train import checkpointing, optimizers, progress, trainable as trainable_lib
 from spot.train import state as state_lib
 from spot.train import train_state as train_state_lib
-from spot.train.config import CheckpointConfig, EvalConfig, RunSummary
+from spot.train.config import (PROTOCOL_DEV, CheckpointConfig, EvalConfig, RunSummary,
+                               check_protocol as _check_protocol, report_eval_cfg,
+                               selection_eval_cfg)
 from spot.train.early_stopping import EarlyStopping, finite_results
 from spot.train.models import EncoderDecoderModel
 from spot.train.train_state import TrainState
@@ -252,6 +259,22 @@ def compile_eval_step(partitioner: partitioning_lib.Partitioner, model: EncoderD
 MetricsWriter = Callable[[RunSummary], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSeeds:
+  """SEED and the two it defaults: INIT_SEED (initial trainable values) and DATA_SEED
+  (data order and dropout)."""
+
+  seed: int
+  init_seed: int
+  data_seed: int
+
+  @classmethod
+  def of(cls, seed: int, init_seed: Optional[int] = None,
+         data_seed: Optional[int] = None) -> "RunSeeds":
+    return cls(int(seed), int(seed if init_seed is None else init_seed),
+               int(seed if data_seed is None else data_seed))
+
+
 class _Run:
   """The mutable side of one `train()` call: state, saves, evaluations, logs.
 
@@ -329,7 +352,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
           model_dir: str, train_steps: int, initial_checkpoint_path: Optional[str],
           optimizer: Optional[optax.GradientTransformation] = None,
           trainable: Union[str, Sequence[str]] = "prompt", seed: int = 0,
-          num_microbatches: int = 1,
+          init_seed: Optional[int] = None, data_seed: Optional[int] = None,
+          protocol: str = PROTOCOL_DEV, num_microbatches: int = 1,
           checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
           eval_cfg: Optional[EvalConfig] = None, log_every: int = 10,
           partitioner: Optional[partitioning_lib.Partitioner] = None,
@@ -348,7 +372,15 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
       prompt-tuning paper's settings (lr 0.3 constant).
     trainable: "prompt" (default), "all" (model tuning) or regex(es) over
       '/'-joined parameter paths.
-    seed: fixes data order, dropout and prompt initialisation.
+    seed: SEED, the default of the two below (and the seed of a "random" base).
+    init_seed: INIT_SEED (default `seed`): the initial trainable values only
+      (prompt, PEFT parameters); nothing else depends on it.
+    data_seed: DATA_SEED (default `seed`): the data order and dropout (dropout
+      follows the data seed, as both are per-step randomness); given, it
+      replaces `train_dataset_cfg.seed`.
+    protocol: PROTOCOL, "dev" (select and report on eval_cfg's split) or
+      "dev1/dev2" (evaluate, keep best/ and stop early on dev1; score the
+      selected step on dev2; see `spot.train.data.dev_halves`).
     num_microbatches: gradient accumulation steps per update.
     checkpoint_cfg / eval_cfg: saving and evaluation.
     log_every: steps between progress lines and summaries.
@@ -374,33 +406,38 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   tx = optimizer if optimizer is not None else optimizers.adafactor()
   partitioner = partitioner or partitioning_lib.Partitioner.create()
   initial_checkpoint_path = _absolute_checkpoint(initial_checkpoint_path)
-  run_meta = _run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seed)
+  seeds = RunSeeds.of(seed, init_seed, data_seed)
+  if data_seed is not None and train_dataset_cfg.seed != data_seed:
+    train_dataset_cfg = dataclasses.replace(train_dataset_cfg, seed=data_seed)
+  run_meta = _run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seeds)
   # 1. Check all that is cheap to check; model_dir does not change until this passes.
+  _check_protocol(protocol, eval_cfg)
   _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg, model)
   _check_base_checkpoint(model, initial_checkpoint_path)
   latest, resume_meta = _check_model_dir(model_dir, run_meta)
   # 2. Now the run may change model_dir: config, and what killed writers left behind.
   ckpt = _open_model_dir(model_dir, checkpoint_cfg.keep, gin_config)
   state, shardings, frozen, frozen_sh = _init_state(model, tx, trainable, partitioner,
-                                                    initial_checkpoint_path, seed)
+                                                    initial_checkpoint_path, seeds)
   stopper = EarlyStopping.from_config(eval_cfg)
   state = _resume_or_start(ckpt, model_dir, latest, resume_meta, state, shardings, stopper,
                            checkpoint_cfg, verbose)
   _write_run_json(model_dir, run_meta, state.trainable, frozen)
   start_step = step = int(state.step)
   # 3. Data (before the evaluator: it registers the tasks with the model's vocabulary),
-  # then the loop. Data order and dropout are functions of (seed, step).
+  # then the loop. Data order and dropout are functions of (data_seed, step).
   data_iter = _train_data(data_lib, model, train_dataset_cfg, partitioner, start_step)
   end_step = (train_steps if stop_after_steps is None
               else min(train_steps, start_step + stop_after_steps))
   run = _Run(model_dir=model_dir, ckpt=ckpt, checkpoint_cfg=checkpoint_cfg, run_meta=run_meta,
              state=state, shardings=shardings, frozen=frozen, frozen_shardings=frozen_sh,
              step_fn=make_state_step(model, tx, num_microbatches), partitioner=partitioner,
-             stopper=stopper, evaluator=_evaluator(model, train_dataset_cfg, eval_cfg, partitioner,
-                                                   model_dir),
+             stopper=stopper, evaluator=_evaluator(model, train_dataset_cfg,
+                                                   selection_eval_cfg(eval_cfg, protocol),
+                                                   partitioner, model_dir),
              last_good=(step, ckpt.path(step)) if latest is not None else None,
              prog=progress.Progress(train_steps, start_step, log_every), verbose=verbose)
-  rng = jax.random.PRNGKey(seed)
+  rng = jax.random.PRNGKey(seeds.data_seed)  # dropout follows the data seed
   periodic_eval = bool(run.evaluator is not None and eval_cfg.period)
   try:
     with partitioner:
@@ -425,10 +462,13 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
         run.evaluate(step)
       if step > start_step or latest is None:
         run.save(step)
+      final = _final_results(run, model, train_dataset_cfg, eval_cfg, protocol, partitioner,
+                             verbose) if metrics_writers else None
   finally:
     run.close()
   method = method or ("prompt_tuning" if trainable == "prompt" else "model_tuning")
-  _write_final(metrics_writers, model, model_dir, train_dataset_cfg, method, seed, stopper)
+  _write_final(metrics_writers, model, model_dir, train_dataset_cfg, method, seeds, final,
+               counts=(trainable_lib.count(run.state.trainable), trainable_lib.count(frozen)))
   return TrainResult(model_dir=str(model_dir), step=step,
                      final_loss=run.losses[-1][1] if run.losses else float("nan"),
                      losses=run.losses, eval_history=[(s, dict(r)) for s, r in stopper.history],
@@ -442,7 +482,7 @@ def _say(verbose: bool, message: str) -> None:
 
 
 def _run_meta(model: EncoderDecoderModel, cfg: Any, trainable: Union[str, Sequence[str]],
-              initial_checkpoint_path: Optional[str], seed: int) -> dict:
+              initial_checkpoint_path: Optional[str], seeds: "RunSeeds") -> dict:
   """The run facts every checkpoint meta and run.json record (and a resume must match)."""
   abstract_tr, _ = trainable_lib.split(
       jax.eval_shape(model.init_params, jax.random.PRNGKey(0)), trainable)
@@ -457,7 +497,9 @@ def _run_meta(model: EncoderDecoderModel, cfg: Any, trainable: Union[str, Sequen
       "task_feature_lengths": dict(cfg.task_feature_lengths),
       "batch_size": cfg.batch_size,
       "pack": bool(getattr(cfg, "pack", False)),
-      "seed": seed,
+      "seed": seeds.seed,
+      "init_seed": seeds.init_seed,
+      "data_seed": seeds.data_seed,
       # The parameter-efficient method, so eval, export and the library rebuild it.
       "method": "prompt" if model.peft is None else model.peft.method,
       "peft": None if model.peft is None else model.peft.to_dict(),
@@ -495,10 +537,11 @@ def _open_model_dir(model_dir: str, keep: int, gin_config: Optional[str]
 
 def _init_state(model: EncoderDecoderModel, tx: optax.GradientTransformation,
                 trainable: Union[str, Sequence[str]], partitioner: partitioning_lib.Partitioner,
-                initial_checkpoint_path: Optional[str], seed: int
+                initial_checkpoint_path: Optional[str], seeds: "RunSeeds"
                 ) -> tuple[TrainState, TrainState, Any, Any]:
   """(state, its shardings, frozen params, their shardings), all on their devices."""
-  params = state_lib.initial_params(model, initial_checkpoint_path, seed)
+  params = state_lib.initial_params(model, initial_checkpoint_path, seeds.seed,
+                                    init_seed=seeds.init_seed)
   tr, frozen = trainable_lib.split(params, trainable)
   del params
   axes = model.param_axes()
@@ -561,16 +604,77 @@ def _train_data(data_lib: Any, model: EncoderDecoderModel, cfg: Any,
   return data_lib.iterate(ds, cfg.mixture_or_task_name)
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalResults:
+  """The evaluation a run reports: its step, the scores and how they were chosen.
+
+  Attributes:
+    step: the selected step (best of best_metric, else the last evaluated).
+    results: {"task/metric": value}: that step's scores on the reporting split
+      (eval_cfg's split under "dev", dev2 under "dev1/dev2").
+    protocol: "dev" or "dev1/dev2".
+    selection_results: under "dev1/dev2", the step's dev1 scores; else None.
+  """
+
+  step: int
+  results: Mapping[str, Optional[float]]
+  protocol: str = PROTOCOL_DEV
+  selection_results: Optional[Mapping[str, Optional[float]]] = None
+
+
+def _final_results(run: _Run, model: EncoderDecoderModel, cfg: Any,
+                   eval_cfg: Optional[EvalConfig], protocol: str,
+                   partitioner: partitioning_lib.Partitioner,
+                   verbose: bool) -> Optional[FinalResults]:
+  """The selected evaluation; under "dev1/dev2" the selected step scored on dev2.
+
+  None when nothing was evaluated, or (dev1/dev2) when the selected step's
+  parameters are gone (neither in best/ nor the current state: a run left by
+  stop_after_steps before evaluating its last step).
+  """
+  if not run.stopper.history:
+    return None
+  step, results = run.stopper.final()
+  if protocol == PROTOCOL_DEV:
+    return FinalResults(step, results)
+  trainable = _trainable_at(run, step)
+  if trainable is None:
+    logger.warning("No parameters of the selected step %d are kept; dev2 is not scored.", step)
+    return None
+  from spot.train import evaluation  # pylint: disable=g-import-not-at-top  (SeqIO)
+  dev2 = evaluation.Evaluator(model, cfg, report_eval_cfg(eval_cfg, protocol), partitioner)
+  scores = finite_results(dev2.evaluate(trainable_lib.merge(trainable, run.frozen), step), step)
+  _say(verbose, f"dev2 eval of step {step} (selected on dev1): {progress.format_metrics(scores)}")
+  return FinalResults(step, scores, protocol, selection_results=results)
+
+
+def _trainable_at(run: _Run, step: int) -> Any:
+  """The trainable parameters of `step`: the current state's, else best/'s, else None."""
+  if int(run.state.step) == step:
+    return run.state.trainable
+  if step in run.ckpt.best_steps():
+    restored, _ = run.ckpt.restore(run.state, step=step, best=True)
+    return jax.device_put(restored.trainable, run.shardings.trainable)
+  return None
+
+
 def _write_final(writers: Sequence[MetricsWriter], model: EncoderDecoderModel, model_dir: str,
-                 cfg: Any, method: str, seed: int, stopper: EarlyStopping) -> None:
-  """Hands the best (else last) evaluation to each writer, on process 0."""
-  if not writers or not stopper.history or jax.process_index() != 0:
+                 cfg: Any, method: str, seeds: "RunSeeds", final: Optional[FinalResults],
+                 counts: tuple[int, int]) -> None:
+  """Hands the reported evaluation (`_final_results`) to each writer, on process 0.
+
+  `counts` is (trainable parameters, frozen base parameters).
+  """
+  if not writers or final is None or jax.process_index() != 0:
     return
   from spot.models import size_name  # pylint: disable=g-import-not-at-top
-  step, results = stopper.final()
-  summary = RunSummary(model_dir=str(model_dir), task=cfg.mixture_or_task_name, method=method,
-                       seed=seed, step=step, results=results, model_size=size_name(model.config),
-                       prompt_length=model.prompt_length or None)
+  summary = RunSummary(
+      model_dir=str(model_dir), task=cfg.mixture_or_task_name, method=method, seed=seeds.seed,
+      step=final.step, results=final.results, model_size=size_name(model.config),
+      prompt_length=model.prompt_length or None, protocol=final.protocol,
+      selection_results=final.selection_results, init_seed=seeds.init_seed,
+      data_seed=seeds.data_seed, peft=None if model.peft is None else model.peft.to_dict(),
+      num_trainable=counts[0], num_base=counts[1])
   for write in writers:
     write(summary)
 
@@ -655,6 +759,7 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
         f"PACK={given_pack} but MODEL_DIR {model_dir} was trained with PACK={saved_pack} "
         f"(step {step}): its batches, and so the resumed data order, differ; resume with "
         f"PACK={saved_pack} or use a new MODEL_DIR.")
+  _check_resume_seeds(meta, run_meta, model_dir, step)
   shapes = meta.get("trainable_shapes")
   if shapes is not None:
     for path, shape in run_meta["trainable_shapes"].items():
@@ -668,6 +773,19 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
           f"The trainable parameters {sorted(run_meta['trainable_shapes'])} differ from the "
           f"{sorted(shapes)} saved in MODEL_DIR {model_dir}; use that run's PROMPT and "
           "trainable selection, or a new MODEL_DIR.")
+
+
+def _check_resume_seeds(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir: str,
+                        step: int) -> None:
+  """INIT_SEED and DATA_SEED must be the saved run's (a run saved before they existed
+  used its SEED for both; one without any seed is not checked)."""
+  for name, key in (("INIT_SEED", "init_seed"), ("DATA_SEED", "data_seed")):
+    saved, given = meta.get(key, meta.get("seed")), run_meta.get(key)
+    if saved is not None and given is not None and int(saved) != int(given):
+      raise errors.UsageError(
+          f"{name}={given} but MODEL_DIR {model_dir} was trained with {name}={saved} (step "
+          f"{step}): the resumed run would not continue it; resume with {name}={saved} (or "
+          "SEED) or use a new MODEL_DIR.")
 
 
 def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict[str, float]:
