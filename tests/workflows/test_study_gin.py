@@ -80,3 +80,17 @@ def test_bad_study_gin_is_named(tmp_path):
     study_cli.main(["plan", "--dir", d, f"--gin_file={empty}"])
   with pytest.raises(errors.ConfigError, match="not found"):
     study_cli.main(["plan", "--dir", d, "--gin_file=spot/gin/study/nope.gin"])
+
+
+def test_run_takes_the_same_gin_and_flags(tmp_path):
+  argv = study_cli.study_argv(["run", "--dir", str(tmp_path), f"--gin_file={GLUE}",
+                               "--gin.study_config.weighted_k=0", "--mixture-k", "1",
+                               "--only", "sources/spot_glue_qnli/seed0", "--",
+                               "--gin.TRAIN_STEPS=3"])
+  assert argv[3:5] == [f"--gin_file={GLUE}", "--gin_bindings=study_config.weighted_k = 0"]
+  assert argv[-1] == "--gin.TRAIN_STEPS=3"  # after --: left to spot train
+  args = study_cli.build_parser().parse_args(argv)
+  spec = study_cli.spec_from_args(args)
+  assert (spec.weighted_k, spec.mixture_k, spec.seeds) == (0, 1, (0, 1))
+  assert args.only == ["sources/spot_glue_qnli/seed0"]
+  assert spec.train_flags[-1] == "--gin.TRAIN_STEPS=3"
