@@ -1,0 +1,205 @@
+"""CrossFit-style study: K-shot tasks per seed, first-order MAML and multi-task upstream on
+GLUE tasks from ../shared/data, the downstream grid with its best cells and ARG."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from spot import errors
+from spot.workflows import crossfit
+from spot.workflows import fewshot
+from spot.workflows import settings as settings_lib
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+UPSTREAM = ("spot_glue_sst2", "spot_glue_mrpc")
+DOWNSTREAM = ("spot_glue_rte", "spot_glue_cola")
+
+
+def _flags(shared_data, task="spot_glue_rte"):
+  return ["--gin_file=spot/gin/models/t5_1_1_tiny_prompt.gin",
+          "--gin_file=spot/gin/runs/prompt_finetune.gin",
+          f"--gin.SPM_PATH='{shared_data / 't5_vocab' / 'spiece.model'}'",
+          f"--gin.DATA_DIR='{shared_data}'", "--gin.PACK=False",
+          f"--gin.MIXTURE_OR_TASK_NAME='{task}'", "--gin.PROMPT_LENGTH=4",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.BATCH_SIZE=4",
+          "--gin.LEARNING_RATE=0.3", "--gin.TRAIN_STEPS=2", "--gin.EVAL_NUM_EXAMPLES=4",
+          "--gin.EVAL_BATCH_SIZE=4", "--gin.MODEL_DIR='/unused'", "--gin.LOG_EVERY=100",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{shared_data / 't5x_tiny_checkpoint' / 'checkpoint_3'}'"]
+
+
+def _texts(name: str) -> list[bytes]:
+  import seqio
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, split="train", shuffle=False)
+  return [ex["inputs_pretokenized"] for ex in ds.as_numpy_iterator()]
+
+
+def test_kshot_samples_are_fixed_by_the_seed_and_have_exactly_k(shared_data):
+  from spot.tasks import glue
+  task = glue.register_glue(data_dir=str(shared_data / "glue"),
+                            vocabulary=str(shared_data / "t5_vocab" / "spiece.model"),
+                            name_prefix="fs_glue", tasks=["rte"])[0]
+  first = _texts(fewshot.register_fewshot(task, 8, seed=0, pool=200))
+  again = _texts(fewshot.register_fewshot(task, 8, seed=0, pool=200))
+  other = _texts(fewshot.register_fewshot(task, 8, seed=1, pool=200))
+  assert len(first) == len(set(first)) == 8 and len(other) == 8
+  assert first == again and first != other
+  import seqio
+  pool = [ex["sentence1"] for ex in fewshot.read_pool(seqio.get_mixture_or_task(task), 200)]
+  assert len(pool) == 200
+  chosen = fewshot.sample_indices(200, 8, 0)
+  assert all(pool[i].decode() in text.decode() for i, text in zip(chosen, first))
+  np.testing.assert_array_equal(chosen, fewshot.sample_indices(200, 8, 0))
+  with pytest.raises(errors.DataError, match="K=300 shots.*only 200"):
+    fewshot.sample_indices(200, 300, 0)
+
+
+def _fomaml(study_dir, shared_data, steps=8):
+  base = settings_lib.from_flags(_flags(shared_data))
+  spec = crossfit.UpstreamSpec(tasks=UPSTREAM, algorithm="fomaml", steps=steps, inner_lr=0.1,
+                               outer_lr=0.3, inner_steps=1, inner_batch_size=4,
+                               tasks_per_meta_batch=2)
+  lines = []
+  model_dir = crossfit.run_upstream(base, spec, str(study_dir), log=lines.append)
+  return base, spec, model_dir, lines
+
+
+@pytest.fixture(scope="module")
+def fomaml_run(shared_data, tmp_path_factory):
+  """One first-order MAML upstream run (8 outer steps), shared by the tests below."""
+  study_dir = tmp_path_factory.mktemp("crossfit") / "cf"
+  return (study_dir,) + _fomaml(study_dir, shared_data)
+
+
+def _held_out_loss(base, trainable, frozen) -> float:
+  """Mean per-token loss over a fixed batch of each upstream task (not a training batch)."""
+  from spot.train import maml
+  batches = [next(crossfit._task_batches(base, t, 8, seed=123)) for t in UPSTREAM]
+  return float(np.mean([maml.token_loss(base.model, trainable, frozen, b) for b in batches]))
+
+
+def test_fomaml_upstream_is_a_prompt_run_and_its_loss_falls(fomaml_run, shared_data):
+  from spot.checkpoints import run_dir
+  from spot.train import state as state_lib
+  from spot.train import trainable as trainable_lib
+  study_dir, base, spec, model_dir, lines = fomaml_run
+  losses = [r["query_loss"] for r in json.loads(
+      (study_dir / crossfit.UPSTREAM_JSON).read_text())["losses"]]
+  assert len(losses) == spec.steps and np.all(np.isfinite(losses))
+  assert lines[-1].startswith(f"[fomaml {spec.steps}/{spec.steps}] query loss")
+  assert run_dir.committed_steps(model_dir) == [spec.steps]
+  prompt = crossfit.upstream_prompt(model_dir)
+  assert prompt.shape == (4, base.model.config.emb_dim)
+  meta = run_dir.read_run_json(model_dir)
+  assert meta["num_trainable"] == prompt.size and meta["num_frozen"] > 100 * prompt.size
+  # A normal run: eval and transfer rebuild its parameters from the base and the checkpoint.
+  params, _ = state_lib.params_from_run(base.model, str(model_dir))
+  np.testing.assert_array_equal(np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"]),
+                                prompt)
+  # The upstream loss falls: the upstream prompt beats its initial value on held-out batches.
+  start = state_lib.initial_params(base.model, base.initial_checkpoint_path, spec.seed)
+  initial, frozen = trainable_lib.split(start, "prompt")
+  trained, _ = trainable_lib.split(params, "prompt")
+  before, after = _held_out_loss(base, initial, frozen), _held_out_loss(base, trained, frozen)
+  assert after < before - 0.005, (before, after)  # a width-4 model: a small, fixed drop
+  # Finished: a rerun skips it.
+  _, _, _, again = _fomaml(study_dir, shared_data)
+  assert again == [f"upstream {model_dir} is finished ({spec.steps} steps); skipped"]
+
+
+class StandInTrainer:
+  """Writes what a finished trainer run leaves (committed checkpoint, run.json, metrics.json);
+  a run's score is a fixed function of its model_dir."""
+
+  def __init__(self):
+    self.settings = []
+
+  def __call__(self, s: settings_lib.TrainSettings) -> None:
+    from spot import report
+    from spot.checkpoints import run_dir
+    self.settings.append(s)
+    final = run_dir.step_dir(s.model_dir, s.train_steps)
+    for item in (run_dir.STATE_ITEM, run_dir.META_ITEM):
+      (final / item).mkdir(parents=True)
+    (final / run_dir.COMMIT_MARKER).write_text("ok")
+    run_dir.write_run_json(s.model_dir, {"num_trainable": 4 * 32, "num_frozen": 99_872})
+    score = 30 + 60 * (zlib.crc32(s.model_dir.split("/cf/")[1].encode()) % 1000) / 1000
+    report.write_run_metrics(s.model_dir, s.train_dataset_cfg.mixture_or_task_name, s.method,
+                             s.seed, {"accuracy": score})
+
+
+def test_a_tiny_crossfit_study_end_to_end_and_its_arg(fomaml_run, shared_data):
+  from spot import report
+  from spot.train import state as state_lib
+  study_dir, _, _, model_dir, _ = fomaml_run
+  tmp_path = study_dir.parent
+  spec = crossfit.DownstreamSpec(tasks=DOWNSTREAM, learning_rates=(0.3, 1.0), batch_sizes=(4,),
+                                 shots=(8,), seeds=(0,), steps=3, pool=100,
+                                 train_flags=tuple(_flags(shared_data)))
+  trainer = StandInTrainer()
+  lines = []
+  crossfit.run_downstream(spec, str(tmp_path / "cf"), train=trainer, log=lines.append)
+  assert len(trainer.settings) == 2 * 2 * 2  # inits x tasks x learning rates
+  first = trainer.settings[0]
+  assert first.train_dataset_cfg.mixture_or_task_name == "spot_glue_rte_8shot_s0"
+  assert first.model_dir.endswith("downstream/upstream/spot_glue_rte/k8/lr0.3_bs4/seed0")
+  assert "LEARNING_RATE = 0.3" in first.gin_config and first.train_steps == 3
+  assert "LEARNING_RATE = 1.0" in trainer.settings[1].gin_config
+  # Upstream cells start from the upstream prompt; baseline cells from their own init.
+  up = crossfit.upstream_prompt(model_dir)
+  start = state_lib.initial_params(first.model, first.initial_checkpoint_path, first.seed)
+  np.testing.assert_array_equal(np.asarray(start["encoder"]["prompt"]["prompt"]["prompt"]), up)
+  baseline = next(s for s in trainer.settings if "/baseline/" in s.model_dir)
+  assert "random_uniform" in baseline.model.prompt.keywords["prompt_init"].__qualname__
+
+  r = crossfit.write_report(tmp_path / "cf")
+  assert r["missing"] == []
+  block = r["results"][0]
+  assert block["shots"] == 8
+  # The best cell per task and seed is the better of its two learning rates.
+  for task in DOWNSTREAM:
+    for init in crossfit.INITS:
+      scores = [crossfit.cell_score(tmp_path / "cf", spec, crossfit.Cell(init, task, 8, lr, 4, 0))
+                for lr in (0.3, 1.0)]
+      assert block["tasks"][task][init]["mean"] == pytest.approx(max(scores))
+  # ARG by hand from the report's own per-task numbers.
+  gains = [(block["tasks"][t]["upstream"]["mean"] - block["tasks"][t]["baseline"]["mean"])
+           / block["tasks"][t]["baseline"]["mean"] * 100 for t in DOWNSTREAM]
+  assert block["arg"] == pytest.approx(np.mean(gains))
+  assert block["arg"] == pytest.approx(report.average_relative_gain(
+      {t: block["tasks"][t]["upstream"]["mean"] for t in DOWNSTREAM},
+      {t: block["tasks"][t]["baseline"]["mean"] for t in DOWNSTREAM}))
+  assert r["tunable"]["percent"] == pytest.approx(100 * 128 / 100_000)
+  md = (tmp_path / "cf" / "report" / crossfit.REPORT_MD).read_text()
+  assert f"ARG: {block['arg']:+.2f}%" in md and "| spot_glue_rte |" in md
+  # A rerun trains nothing; another grid in the same dir is refused.
+  again = StandInTrainer()
+  crossfit.run_downstream(spec, str(tmp_path / "cf"), train=again, log=lines.append)
+  assert again.settings == []
+  with pytest.raises(errors.ConfigError, match="another downstream grid"):
+    crossfit.run_downstream(crossfit.DownstreamSpec(**dict(spec.to_json(), steps=4) | {
+        k: tuple(v) for k, v in spec.to_json().items() if isinstance(v, list)}),
+                            str(tmp_path / "cf"), train=again)
+
+
+def test_multitask_upstream_then_a_real_downstream_cell(shared_data, tmp_path):
+  from spot.checkpoints import run_dir
+  base = settings_lib.from_flags(_flags(shared_data))
+  spec = crossfit.UpstreamSpec(tasks=UPSTREAM, algorithm="multitask", steps=2)
+  model_dir = crossfit.run_upstream(base, spec, str(tmp_path / "cf"), log=lambda m: None)
+  assert run_dir.committed_steps(model_dir) == [2]
+  assert crossfit.upstream_prompt(model_dir).shape == (4, base.model.config.emb_dim)
+  assert run_dir.read_run_json(model_dir)["task"].startswith("spot_transfer_mix_")
+  down = crossfit.DownstreamSpec(tasks=("spot_glue_rte",), learning_rates=(0.3,),
+                                 batch_sizes=(4,), shots=(4,), seeds=(0,), steps=2, pool=50,
+                                 train_flags=tuple(_flags(shared_data)))
+  crossfit.run_downstream(down, str(tmp_path / "cf"), log=lambda m: None)
+  r = crossfit.write_report(tmp_path / "cf")
+  assert r["missing"] == []
+  row = r["results"][0]["tasks"]["spot_glue_rte"]
+  for init in crossfit.INITS:
+    assert 0.0 <= row[init]["mean"] <= 100.0
+  assert r["tunable"]["num_trainable"] == 4 * base.model.config.emb_dim
