@@ -16,7 +16,8 @@ REQUIRED = ["--gin.MODEL_DIR='/tmp/m'", "--gin.MIXTURE_OR_TASK_NAME='spot_glue_r
             "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'"]
 EXPECTED = {"lora": peft.LoraConfig(targets=peft.TARGETS[:4] + ("wi_0", "wi_1", "wo")),
             "ia3": peft.IA3Config(), "adapter_houlsby": peft.AdapterConfig("houlsby", 64),
-            "adapter_pfeiffer": peft.AdapterConfig("pfeiffer", 64), "bitfit": peft.BitFitConfig()}
+            "adapter_pfeiffer": peft.AdapterConfig("pfeiffer", 64), "bitfit": peft.BitFitConfig(),
+            "prefix": peft.PrefixConfig(num_virtual_tokens=20, hidden=512)}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (GIN / "peft").glob("*.gin")))

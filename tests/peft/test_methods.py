@@ -169,5 +169,5 @@ def test_config_round_trips_through_dict():
   for spec, _, _ in METHODS.values():
     if spec is not None:
       assert peft.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-  with pytest.raises(errors.ConfigError, match="PEFT method 'prefix' is unknown"):
-    peft.from_dict({"method": "prefix"})
+  with pytest.raises(errors.ConfigError, match="PEFT method 'prompt_x' is unknown"):
+    peft.from_dict({"method": "prompt_x"})
