@@ -25,6 +25,7 @@ SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "xgen": ("spot.xgen.cli", "xGen scoring (SP-ROUGE, LID, ASCII) and reports"),
     "report": ("spot.report", "turn finished runs into the papers' tables"),
     "study": ("spot.workflows.study_cli", "the transferability study: run, plan, report"),
+    "sweep": ("spot.workflows.sweep_cli", "one method over N seeds: run, plan"),
     "demo": ("spot.demo", "the end-to-end demo on a tiny model, on CPU"),
     "checkpoint": ("spot.checkpoints.cli", "inspect or convert T5X / Hugging Face checkpoints"),
     "serve": ("spot.serve.cli", "serve every library prompt on one frozen model over HTTP"),

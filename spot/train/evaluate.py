@@ -50,7 +50,9 @@ def evaluate(*, model: EncoderDecoderModel, dataset_cfg: data_lib.DatasetConfig,
                                           use_best, seed)
   eval_cfg = EvalConfig(split=dataset_cfg.split, num_examples=num_examples,
                         batch_size=dataset_cfg.batch_size,
-                        task_feature_lengths=dataset_cfg.task_feature_lengths, decode=decode)
+                        task_feature_lengths=dataset_cfg.task_feature_lengths, decode=decode,
+                        dev_split_seed=dataset_cfg.dev_split_seed,
+                        dev_source_split=dataset_cfg.dev_source_split)
   with partitioner:
     # model_dir: SeqIO's loggers save the predictions (inference_eval/*.jsonl), as in training.
     results = Evaluator(model, dataset_cfg, eval_cfg, partitioner,

@@ -28,6 +28,8 @@ class TrainSettings:
   keywords this class does not name (added to trainer.train later), passed through;
   `macros` records gin macros recipes read but `train` does not take
   (MODEL_FAMILY, MODEL_SIZE: which library entries fit the model).
+  `init_seed` / `data_seed` None follow `seed` (a recipe that changes `seed`
+  changes them too); `protocol` is "dev" or "dev1/dev2".
   """
 
   model: Any
@@ -38,6 +40,9 @@ class TrainSettings:
   optimizer: Any = None
   trainable: Any = "prompt"
   seed: int = 0
+  init_seed: Optional[int] = None
+  data_seed: Optional[int] = None
+  protocol: str = "dev"
   num_microbatches: int = 1
   checkpoint_cfg: Any = None
   eval_cfg: Any = None
@@ -113,11 +118,31 @@ def from_parsed_gin() -> TrainSettings:
   if missing:
     raise errors.UsageError(f"the gin config binds no trainer.train.{missing[0]}; add a run "
                             "file, e.g. --gin_file=spot/gin/runs/prompt_finetune.gin.")
-  known = {k: v for k, v in bound.items() if k in _FIELDS}
+  known = _following_seed({k: v for k, v in bound.items() if k in _FIELDS})
   extra = {k: v for k, v in bound.items() if k not in _FIELDS}
   from spot.train import cli  # pylint: disable=g-import-not-at-top
   macros = {m: cli.macro(m, None) for m in _MACROS}
   return TrainSettings(**known, gin_config=gin.config_str(), extra=extra, macros=macros)
+
+
+def _following_seed(known: dict[str, Any]) -> dict[str, Any]:
+  """INIT_SEED / DATA_SEED equal to SEED (the run files' `%SEED` default) become None,
+  so they keep following `seed` when a recipe sets it."""
+  seed = known.get("seed", 0)
+  for name in ("init_seed", "data_seed"):
+    if known.get(name) == seed:
+      known[name] = None
+  return known
+
+
+def with_seeds(settings: "TrainSettings", seed: int, init_seed: Optional[int] = None,
+               data_seed: Optional[int] = None) -> "TrainSettings":
+  """The settings of one seed: SEED, INIT_SEED and DATA_SEED (None: `seed`), the data
+  order included (the train dataset's seed is DATA_SEED)."""
+  data = dataclasses.replace(settings.train_dataset_cfg,
+                             seed=seed if data_seed is None else data_seed)
+  return for_run(settings, seed=seed, init_seed=init_seed, data_seed=data_seed,
+                 train_dataset_cfg=data)
 
 
 def from_flags(flags: Sequence[str], defaults: Sequence[str] = ()) -> TrainSettings:
