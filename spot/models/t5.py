@@ -26,6 +26,12 @@ segment (`PromptFeatureConverter(pack=True)` puts them there); the prompt
 module is called with `segment_ids=` and `positions=` and writes each
 segment's prompt over those positions, returning [B, L, D]. An example's
 output is then the same function of its tokens and its prompt as unpacked.
+
+Prefix tuning (`spot.peft.PrefixConfig`) adds key/value positions inside
+attention instead: a stack's optional `prefix` module (the reparameterisation
+MLP) runs once per call and its hidden state [P, h] goes to every layer as
+`prefix_hidden`; each chosen attention puts its P prefixes before its keys
+and values, visible to every query, with zero position bias.
 """
 
 from __future__ import annotations
@@ -97,6 +103,11 @@ def _prefix_encoder(peft: Any, stack: str) -> Optional[Callable[[int], nn.Module
   """The stack-level prefix reparameterisation a PEFT method builds (`spot.peft.prefix`), if any."""
   hook = getattr(peft, "prefix_encoder", None)
   return None if hook is None else hook(stack)
+
+
+def _prefix_hidden(stack: nn.Module) -> Optional[Array]:
+  """The hidden state [P, h] of a stack's prefix MLP (`Encoder.prefix`), or None without one."""
+  return stack.prefix() if hasattr(stack, "prefix") else None
 
 
 def _block_adapter(peft: Any, kind: str, name: str, y: Array, deterministic: bool) -> Array:
@@ -255,13 +266,9 @@ class Encoder(nn.Module):
     return L.constrain(x, ("batch", "length", "embed"))
 
   def _stack(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
-    x = _apply_stack(self.layers, x, mask, bias, deterministic, False, self._prefix_hidden())
+    x = _apply_stack(self.layers, x, mask, bias, deterministic, False, _prefix_hidden(self))
     x = self.encoder_norm(x)
     return self.output_dropout(x, deterministic=deterministic)
-
-  def _prefix_hidden(self) -> Optional[Array]:
-    """The stack's prefix reparameterisation [P, h] every layer projects, or None."""
-    return self.prefix() if hasattr(self, "prefix") else None
 
 
 def _check_packable(prompt: nn.Module) -> None:
@@ -346,7 +353,7 @@ class Decoder(nn.Module):
     """The decoder layers, final norm and logits (float32)."""
     c = self.config
     x = _apply_stack(self.layers, x, encoded, self_mask, cross_mask, bias, deterministic, decode,
-                     self._prefix_hidden())
+                     _prefix_hidden(self))
     x = self.decoder_norm(x)
     x = self.output_dropout(x, deterministic=deterministic)
     if c.logits_via_embedding:
@@ -354,10 +361,6 @@ class Decoder(nn.Module):
     else:
       logits = self.logits_dense(jnp.asarray(x, jnp.float32))
     return L.constrain(logits, ("batch", "length", "vocab"))
-
-  def _prefix_hidden(self) -> Optional[Array]:
-    """The stack's prefix reparameterisation [P, h] every layer projects, or None."""
-    return self.prefix() if hasattr(self, "prefix") else None
 
 
 class T5(nn.Module):
@@ -368,8 +371,10 @@ class T5(nn.Module):
     prompt_factory: optional zero-argument callable building the prompt module
       (see module docstring); its parameters live under `encoder/prompt`.
     peft: optional parameter-efficient method (a `spot.peft` config such as
-      `LoraConfig`): it names the module each projection (`dense_adapter`) and
-      each sublayer output (`block_adapter`) gets, in encoder and decoder.
+      `LoraConfig`): it names the module each projection (`dense_adapter`),
+      each sublayer output (`block_adapter`) and each attention
+      (`attention_prefix`, fed by a stack's `prefix_encoder`) gets, in encoder
+      and decoder.
   """
 
   config: T5Config
