@@ -26,6 +26,8 @@ SPOT_COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("spot.report", "turn finished runs into the papers' tables"),
     "study": ("spot.workflows.study_cli", "the transferability study: run, plan, report"),
     "sweep": ("spot.workflows.sweep_cli", "one method over N seeds: run, plan"),
+    "crossfit": ("spot.workflows.crossfit_cli", "CrossFit-style upstream, few-shot grid, ARG"),
+    "two-stage": ("spot.workflows.two_stage_cli", "a PEFT module, then the whole model from it"),
     "demo": ("spot.demo", "the end-to-end demo on a tiny model, on CPU"),
     "checkpoint": ("spot.checkpoints.cli", "inspect or convert T5X / Hugging Face checkpoints"),
     "serve": ("spot.serve.cli", "serve every library prompt on one frozen model over HTTP"),
