@@ -32,7 +32,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,19 +77,10 @@ class Setup:
 
   def config(self):
     from spot import models
-    changes = dict(o.split("=", 1) for o in self.overrides)
-    typed = {k: _typed(getattr(models.T5Config(), k), v) for k, v in changes.items()}
+    from spot.models import config as config_lib
     return models.get_config(self.model, dropout_rate=self.dropout, dtype=self.dtype,
-                             remat_policy=self.remat, **typed)
-
-
-def _typed(default, text: str):
-  """An --override value as the type of the field's default ("False" -> False)."""
-  if isinstance(default, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"Expected true or false, got {text!r}.")
-    return text.lower() in ("true", "1")
-  return type(default)(text)
+                             remat_policy=self.remat,
+                             **config_lib.parse_overrides(self.overrides))
 
 
 def synthetic_batch(batch: int, input_length: int, target_length: int, vocab: int, seed: int = 0):
@@ -118,23 +109,31 @@ def import_spot_step() -> float:
 
 
 def build_spot_step(setup: Setup):
-  """(step function, its arguments) placed as the trainer places them."""
-  import jax
-  from spot import partitioning, prompts
-  from spot.train import optimizers, state as state_lib, trainable as trainable_lib
+  """(step function, its arguments) of prompt or model tuning (`setup.trainable`)."""
+  from spot import prompts
   from spot.train.models import EncoderDecoderModel
-  from spot.train.trainer import make_train_step
   model = EncoderDecoderModel(setup.config(), functools.partial(
       prompts.PrefixPrompt, length=setup.prompt_length))
+  return build_train_step(setup, model, setup.trainable,
+                          0.3 if setup.trainable == "prompt" else 1e-3)
+
+
+def build_train_step(setup: Setup, model, selection, learning_rate: float):
+  """(step, trainable, opt state, frozen, batch) of `model` training `selection`, placed as
+  the trainer places them (Adafactor at `learning_rate`, synthetic batch of `setup`)."""
+  import jax
+  from spot import partitioning
+  from spot.train import optimizers, state as state_lib, trainable as trainable_lib
+  from spot.train.trainer import make_train_step
   part = partitioning.Partitioner.create(num_partitions=setup.num_partitions)
   params = state_lib.initial_params(model, setup.checkpoint, 0)
-  tr, frozen = trainable_lib.split(params, setup.trainable)
+  tr, frozen = trainable_lib.split(params, selection)
   del params
   axes = model.param_axes()
-  tr_axes, fr_axes = trainable_lib.split(axes, setup.trainable) if frozen else (axes, {})
+  tr_axes, fr_axes = trainable_lib.split(axes, selection) if frozen else (axes, {})
   tr_sh, fr_sh = part.logical_to_mesh(tr_axes, tr), part.logical_to_mesh(fr_axes, frozen)
   tr, frozen = jax.device_put(tr, tr_sh), part.put(frozen, fr_sh, in_place=True)
-  tx = optimizers.adafactor(learning_rate=0.3 if setup.trainable == "prompt" else 1e-3)
+  tx = optimizers.adafactor(learning_rate=learning_rate)
   opt_sh = part.optimizer_state_shardings(jax.eval_shape(tx.init, tr), tr_sh, tr)
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(tr)
   batch = synthetic_batch(setup.batch, setup.input_length, setup.target_length,
@@ -183,12 +182,17 @@ def summarize(times: Sequence[tuple[float, float]]) -> dict:
           "cpu_step_s": statistics.median(t[1] for t in times)}
 
 
-def measure_spot(setup: Setup) -> dict:
-  """Times `setup.steps` steps after `setup.warmup` (compile + first runs)."""
+def measure_spot(setup: Setup, build: Optional[Callable[[Setup], tuple]] = None) -> dict:
+  """Times `setup.steps` steps after `setup.warmup` (compile + first runs).
+
+  `build(setup) -> (step, trainable, opt state, frozen, batch)` makes the step
+  (default `build_spot_step`: prompt or model tuning); tools/bench_methods.py
+  passes one per parameter-efficient method, so every benchmark times alike.
+  """
   import jax
   import jax.numpy as jnp
   imports_mib = import_spot_step()
-  step, tr, opt_state, frozen, batch = build_spot_step(setup)
+  step, tr, opt_state, frozen, batch = (build or build_spot_step)(setup)
   rng = jax.random.PRNGKey(0)
   state = {"tr": tr, "opt": opt_state, "i": 0, "metrics": None}
   del tr, opt_state

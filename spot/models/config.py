@@ -8,7 +8,7 @@ flaxformer gin files (see REFERENCE.md, section 1.4).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from spot import errors
 
@@ -105,6 +105,39 @@ class T5Config:
     if unknown:
       raise ValueError(f"Unknown T5Config fields {sorted(unknown)}; known: {sorted(known)}.")
     return cls(**d)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """`field=value` strings ("num_encoder_layers=2", "scan_layers=true") as typed T5Config
+  changes for `get_config(name, **changes)`: each value takes its field's type.
+
+  Raises:
+    UsageError: an item without '=', an unknown field, or a value of the wrong type.
+  """
+  fields = {f.name: f.default for f in dataclasses.fields(T5Config)}
+  out: dict[str, Any] = {}
+  for item in items:
+    name, sep, text = str(item).partition("=")
+    if not sep or name not in fields:
+      raise errors.UsageError(f"T5Config override {item!r} is not field=value of a known field "
+                              f"({', '.join(sorted(fields))}), e.g. num_encoder_layers=2.")
+    out[name] = _typed(name, fields[name], text)
+  return out
+
+
+def _typed(name: str, default: Any, text: str) -> Any:
+  """`text` as the type of the field's default ("true" -> True, "gelu,linear" -> tuple)."""
+  try:
+    if isinstance(default, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    if isinstance(default, tuple):
+      return tuple(t.strip() for t in text.split(",") if t.strip())
+    return type(default)(text)
+  except ValueError:
+    raise errors.UsageError(f"T5Config override {name}={text!r}: expected a "
+                            f"{type(default).__name__} like {default!r}.") from None
 
 
 # (layers, heads, head_dim, emb_dim, mlp_dim) from the T5X size gins.
