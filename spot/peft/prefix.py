@@ -35,6 +35,7 @@ import numpy as np
 from flax import traverse_util
 
 from spot import errors
+from spot.models import scan
 from spot.peft.base import MethodConfig
 
 Array = jax.Array
@@ -44,6 +45,22 @@ STACK_TARGETS = {"encoder": ("encoder_self",), "decoder": ("decoder_self", "enco
 
 embedding_init = nn.initializers.normal(stddev=1.0)
 kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class Affine(nn.Module):
+  """x [P, in] @ `kernel` [in, features] + `bias` [features], in float32."""
+
+  features: int
+  kernel_axes: tuple[str, str]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, self.kernel_axes),
+                        (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           self.kernel_axes[1:]),
+                      (self.features,), jnp.float32)
+    return jnp.dot(jnp.asarray(x, jnp.float32), kernel) + bias
 
 
 class PrefixEncoder(nn.Module):
@@ -94,22 +111,6 @@ class AttentionPrefix(nn.Module):
     axes = ("prefix_mlp", "joined_kv")
     return (Affine(self.features, axes, name="key_out")(hidden),
             Affine(self.features, axes, name="value_out")(hidden))
-
-
-class Affine(nn.Module):
-  """x [P, in] @ `kernel` [in, features] + `bias` [features], in float32."""
-
-  features: int
-  kernel_axes: tuple[str, str]
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, self.kernel_axes),
-                        (x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                           self.kernel_axes[1:]),
-                      (self.features,), jnp.float32)
-    return jnp.dot(jnp.asarray(x, jnp.float32), kernel) + bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,21 +187,21 @@ def fold_prefix(params: Mapping[str, Any], config: PrefixConfig, *,
     raise errors.ConfigError(f"fold_prefix needs a PrefixConfig, got {type(config).__name__}.")
   if not config.reparameterize:
     return dict(params)
-  from spot.models import scan  # pylint: disable=g-import-not-at-top
   scanned = scan.is_scanned(params)
   tree = scan.unscan_layers(params, param_scan_axis) if scanned else dict(params)
-  flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(tree).items()}
+  flat = traverse_util.flatten_dict(tree)
+  take = lambda key: np.asarray(flat.pop(key), np.float32)
   for stack in STACK_TARGETS:
     if (stack, "prefix", "embedding") not in flat:
       continue
-    emb = flat.pop((stack, "prefix", "embedding"))
-    hidden = np.tanh(emb @ flat.pop((stack, "prefix", "hidden", "kernel"))
-                     + flat.pop((stack, "prefix", "hidden", "bias")))
+    emb = take((stack, "prefix", "embedding"))
+    hidden = np.tanh(emb @ take((stack, "prefix", "hidden", "kernel"))
+                     + take((stack, "prefix", "hidden", "bias")))
     for key in [k for k in flat if k[0] == stack and k[-2:] == ("key_out", "kernel")]:
       module = key[:-2]
       for name in ("key", "value"):
-        kernel = flat.pop(module + (f"{name}_out", "kernel"))
-        bias = flat.pop(module + (f"{name}_out", "bias"))
+        kernel = take(module + (f"{name}_out", "kernel"))
+        bias = take(module + (f"{name}_out", "bias"))
         flat[module + (name,)] = (hidden @ kernel + bias).astype(np.float32)
   left = sorted("/".join(k) for k in flat if len(k) > 1 and k[-2] in ("key_out", "value_out"))
   if left:
