@@ -75,6 +75,29 @@ def test_add_from_lora_model_dir_stores_its_parameters_and_config(lora_run, tmp_
   assert rc == 0 and "lora_src" not in out
 
 
+def test_add_from_a_lora_run_checkpoint_and_a_selective_run(lora_run, tmp_path):
+  import seqio
+  from spot.models import get_config
+  from spot.train.models import EncoderDecoderModel
+  lib_path = tmp_path / "lib"
+  rc, out, err = _cli("--library", lib_path, "--json", "add", "from_ckpt", "--from-t5x",
+                      lora_run / "checkpoints" / "4", "--model", MODEL)
+  assert rc == 0, err
+  assert json.loads(out)["method"] == "lora" and json.loads(out)["step"] == 4
+  # LayerNorm-only tuning adds no module: run.json says "prompt" with other trainable regexes.
+  task = helpers.register_tiny_task("library_methods_task")
+  model = EncoderDecoderModel(get_config("t5_1_1_tiny", dropout_rate=0.0), None,
+                              seqio.PassThroughVocabulary(size=64, eos_id=1))
+  run = tmp_path / "layernorm_run"
+  helpers.quick_train(run, task, train_steps=4, model=model, trainable="layernorm")
+  rc, out, err = _cli("--library", lib_path, "--json", "add", "ln", "--from-model-dir", run,
+                      "--model", MODEL)
+  assert rc == 0, err
+  shapes = json.loads(out)["param_shapes"]
+  assert json.loads(out)["method"] == "selective" and shapes
+  assert all("layer_norm" in k or "norm" in k for k in shapes), sorted(shapes)
+
+
 def test_prompt_entries_are_written_as_before_and_old_entries_read(tmp_path, make_prompt):
   lib = PromptLibrary(tmp_path / "lib")
   lib.add("p", make_prompt(0), model=MODEL)
