@@ -409,7 +409,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
   seeds = RunSeeds.of(seed, init_seed, data_seed)
   if data_seed is not None and train_dataset_cfg.seed != data_seed:
     train_dataset_cfg = dataclasses.replace(train_dataset_cfg, seed=data_seed)
-  run_meta = _run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seeds)
+  run_meta = dict(_run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seeds),
+                  protocol=protocol)
   # 1. Check all that is cheap to check; model_dir does not change until this passes.
   _check_protocol(protocol, eval_cfg)
   _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg, model)
@@ -777,8 +778,8 @@ def check_resume(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir
 
 def _check_resume_seeds(meta: Mapping[str, Any], run_meta: Mapping[str, Any], model_dir: str,
                         step: int) -> None:
-  """INIT_SEED and DATA_SEED must be the saved run's (a run saved before they existed
-  used its SEED for both; one without any seed is not checked)."""
+  """INIT_SEED, DATA_SEED and PROTOCOL must be the saved run's (a run saved before they
+  existed used its SEED for both seeds and "dev"; one without any seed is not checked)."""
   for name, key in (("INIT_SEED", "init_seed"), ("DATA_SEED", "data_seed")):
     saved, given = meta.get(key, meta.get("seed")), run_meta.get(key)
     if saved is not None and given is not None and int(saved) != int(given):
@@ -786,6 +787,13 @@ def _check_resume_seeds(meta: Mapping[str, Any], run_meta: Mapping[str, Any], mo
           f"{name}={given} but MODEL_DIR {model_dir} was trained with {name}={saved} (step "
           f"{step}): the resumed run would not continue it; resume with {name}={saved} (or "
           "SEED) or use a new MODEL_DIR.")
+  # The eval history and best/ were chosen on one split; another protocol would mix two.
+  saved, given = meta.get("protocol", PROTOCOL_DEV), run_meta.get("protocol", PROTOCOL_DEV)
+  if saved != given:
+    raise errors.UsageError(
+        f"PROTOCOL={given!r} but MODEL_DIR {model_dir} was trained with PROTOCOL={saved!r} "
+        f"(step {step}): its evaluations and best/ were chosen on another split; resume with "
+        f"PROTOCOL={saved!r} or use a new MODEL_DIR.")
 
 
 def _train_scalars(m: Mapping[str, Any], learning_rate: Optional[float]) -> dict[str, float]:

@@ -77,10 +77,12 @@ def test_init_seed_changes_only_the_initial_values_and_data_seed_only_the_order(
     helpers.quick_train(tmp_path / "data", task, train_steps=3)
 
 
-def test_a_run_saved_before_the_split_seeds_resumes_under_its_seed():
+def test_a_run_saved_before_the_split_seeds_resumes_under_its_seed_and_protocol():
   trainer._check_resume_seeds({"seed": 3}, {"init_seed": 3, "data_seed": 3}, "d", 1)
   with pytest.raises(errors.UsageError, match="DATA_SEED=4 .* DATA_SEED=3"):
     trainer._check_resume_seeds({"seed": 3}, {"init_seed": 3, "data_seed": 4}, "d", 1)
+  with pytest.raises(errors.UsageError, match="PROTOCOL='dev1/dev2' .* PROTOCOL='dev'"):
+    trainer._check_resume_seeds({"seed": 3}, {"protocol": "dev1/dev2"}, "d", 1)
 
 
 def test_initial_params_seed_the_prompt_by_init_seed_and_the_random_base_by_seed():
