@@ -8,13 +8,16 @@
     ranked = rank(lib, target_embedding, metric="avg_tokens", top_k=3)
     init = init_prompt(lib, ranked, "weighted_average")
 
-See docs/library.md.
+Entries of other methods (LoRA, (IA)3, ...) hold their trained parameters
+(`lib.add_params`, `lib.params`); rankings compare one method's entries, and
+`init_prompt` / `lib.prompt` refuse them. See docs/library.md.
 """
 
 from spot.library.entry import ArrayRecord, Entry, ModelInfo, Provenance
 from spot.library.errors import (ArchiveError, CorruptEntryError, EntryExistsError,
                                  EntryNotFoundError, LibraryError, LibraryNotFoundError,
-                                 LibraryUsageError, LibraryWarning, ModelMismatchError)
+                                 LibraryUsageError, LibraryWarning, MethodMismatchError,
+                                 ModelMismatchError)
 from spot.library.retrieval import pairwise, rank
 from spot.library.similarity import METRICS, avg_tokens, per_token, similarities
 from spot.library.store import PromptLibrary
@@ -24,7 +27,8 @@ from spot.library.transfer import (init_prompt, mixture_tasks, similarity_weight
 __all__ = [
     "ArchiveError", "ArrayRecord", "CorruptEntryError", "Entry", "EntryExistsError",
     "EntryNotFoundError", "LibraryError", "LibraryNotFoundError", "LibraryUsageError",
-    "LibraryWarning", "METRICS", "ModelInfo", "ModelMismatchError", "PromptLibrary",
+    "LibraryWarning", "METRICS", "MethodMismatchError", "ModelInfo", "ModelMismatchError",
+    "PromptLibrary",
     "Provenance", "avg_tokens", "init_prompt", "mixture_tasks", "pairwise", "per_token", "rank",
     "similarities", "similarity_weights", "weighted_average",
 ]
