@@ -444,13 +444,15 @@ def best_cells(study_dir: epath.Path, spec: DownstreamSpec
 
 
 def tunable_ratio(study_dir: epath.Path, cells: Iterable[Cell]) -> Optional[dict[str, Any]]:
-  """{num_trainable, num_total, percent} from the first cell run.json that has the counts."""
+  """{num_trainable, num_base, percent} from the first cell run.json that has the counts.
+
+  `percent` is of the frozen base (`num_trainable / num_base * 100`), as `spot report` shows it.
+  """
   for cell in cells:
     meta = run_dir.read_run_json(study_dir / cell.run_id) or {}
-    if meta.get("num_trainable") is not None and meta.get("num_frozen") is not None:
-      total = int(meta["num_trainable"]) + int(meta["num_frozen"])
-      return {"num_trainable": int(meta["num_trainable"]), "num_total": total,
-              "percent": 100.0 * int(meta["num_trainable"]) / max(total, 1)}
+    if meta.get("num_trainable") is not None and meta.get("num_frozen"):
+      trainable, base = int(meta["num_trainable"]), int(meta["num_frozen"])
+      return {"num_trainable": trainable, "num_base": base, "percent": 100.0 * trainable / base}
   return None
 
 
@@ -504,8 +506,8 @@ def markdown(r: Mapping[str, Any]) -> str:
                "by dev score.")
   tunable = r.get("tunable")
   if tunable:
-    lines.append(f"Tunable parameters: {tunable['num_trainable']:,} of {tunable['num_total']:,} "
-                 f"({tunable['percent']:.4f}%).")
+    lines.append(f"Tunable parameters: {tunable['num_trainable']:,} ({tunable['percent']:.4f}% "
+                 f"of the {tunable['num_base']:,} of the frozen base).")
   fmt = lambda c: "-" if c["mean"] is None else f"{c['mean']:.2f} ± {c['std']:.2f}"
   for block in r["results"]:
     lines += ["", f"## K = {block['shots']}", "",

@@ -172,8 +172,9 @@ def test_a_tiny_crossfit_study_end_to_end_and_its_arg(fomaml_run, shared_data):
   assert block["arg"] == pytest.approx(report.average_relative_gain(
       {t: block["tasks"][t]["upstream"]["mean"] for t in DOWNSTREAM},
       {t: block["tasks"][t]["baseline"]["mean"] for t in DOWNSTREAM}))
-  assert r["tunable"]["percent"] == pytest.approx(100 * 128 / 100_000)
   md = (tmp_path / "cf" / "report" / crossfit.REPORT_MD).read_text()
+  assert r["tunable"]["percent"] == pytest.approx(100 * 128 / 99_872)
+  assert "Tunable parameters: 128 (0.1282% of the 99,872 of the frozen base)." in md
   assert f"ARG: {block['arg']:+.2f}%" in md and "| spot_glue_rte |" in md
   # A rerun trains nothing; another grid in the same dir is refused.
   again = StandInTrainer()
