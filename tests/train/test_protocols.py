@@ -203,6 +203,14 @@ def test_a_dev1_dev2_run_reports_dev2_scores_of_the_step_dev1_selected(tmp_path)
       split=half, batch_size=8, dev_source_split="validation")).evaluate(params, best)
   assert summary.results == pytest.approx(scored("dev2"))
   assert summary.selection_results == pytest.approx(scored("dev1"))
+  # `spot eval` of the best checkpoint with SPLIT='dev2' scores the same half.
+  from spot.train import evaluate as evaluate_lib
+  got = evaluate_lib.evaluate(
+      model=model, dataset_cfg=data.DatasetConfig(task, {"inputs": 9, "targets": 3}, split="dev2",
+                                                  batch_size=8, shuffle=False),
+      output_dir=str(tmp_path / "eval"), initial_checkpoint_path=None,
+      restore_model_dir=str(tmp_path), use_best=True)
+  assert got == pytest.approx(summary.results)
   run = json.loads((tmp_path / "run.json").read_text())
   assert (summary.init_seed, summary.data_seed, summary.peft) == (0, 0, None)
   assert (summary.num_trainable, summary.num_base) == (run["num_trainable"], run["num_frozen"])
