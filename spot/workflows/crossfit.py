@@ -386,7 +386,7 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
   spec = write_downstream_spec(study, spec)
   cells = plan_cells(spec)
   done = [c for c in cells if study_lib.is_finished(study, c.as_study_run(spec.steps))]
-  prog = study_lib.Progress(len(cells), len(done), log)
+  prog = _Progress(len(cells), len(done), log)
   prog(f"{len(done)} of {len(cells)} cell(s) already finished under {study}")
   bases: dict[tuple[float, int], settings_lib.TrainSettings] = {}
   init = None
@@ -410,6 +410,13 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
     trained.append(cell)
   prog(f"finished; `spot crossfit report {study}` writes the report")
   return trained
+
+
+class _Progress(study_lib.Progress):
+  """`[crossfit 3/16 ETA 1m40s] message`."""
+
+  def __call__(self, message: str) -> None:
+    self.log(f"[crossfit {self.done}/{self.total} {self.eta()}] {message}")
 
 
 def _check_prompt_run(base: settings_lib.TrainSettings) -> None:

@@ -143,6 +143,8 @@ def test_a_tiny_crossfit_study_end_to_end_and_its_arg(fomaml_run, shared_data):
   lines = []
   crossfit.run_downstream(spec, str(tmp_path / "cf"), train=trainer, log=lines.append)
   assert len(trainer.settings) == 2 * 2 * 2  # inits x tasks x learning rates
+  assert lines[0].startswith("[crossfit 0/8 ETA ?] 0 of 8 cell(s) already finished")
+  assert lines[-1].startswith("[crossfit 8/8 ETA 0m00s] finished")
   first = trainer.settings[0]
   assert first.train_dataset_cfg.mixture_or_task_name == "spot_glue_rte_8shot_s0"
   assert first.model_dir.endswith("downstream/upstream/spot_glue_rte/k8/lr0.3_bs4/seed0")
@@ -204,3 +206,35 @@ def test_multitask_upstream_then_a_real_downstream_cell(shared_data, tmp_path):
   for init in crossfit.INITS:
     assert 0.0 <= row[init]["mean"] <= 100.0
   assert r["tunable"]["num_trainable"] == 4 * base.model.config.emb_dim
+
+
+def test_bad_settings_name_the_flag():
+  with pytest.raises(errors.ConfigError, match="--algorithm 'reptile'"):
+    crossfit.UpstreamSpec(tasks=UPSTREAM, algorithm="reptile")
+  with pytest.raises(errors.ConfigError, match="--tasks-per-meta-batch 3 must be between 1 and"):
+    crossfit.UpstreamSpec(tasks=UPSTREAM, algorithm="fomaml", tasks_per_meta_batch=3)
+  with pytest.raises(errors.ConfigError, match="learning_rates .* repeat a value"):
+    crossfit.DownstreamSpec(tasks=DOWNSTREAM, learning_rates=(0.3, 0.3), batch_sizes=(4,),
+                            shots=(8,))
+  with pytest.raises(errors.ConfigError, match="K=0 shots"):
+    fewshot.sample_indices(10, 0, 0)
+
+
+def test_the_commands_refuse_missing_tasks_and_flags(capsys):
+  from spot import cli
+  assert cli.spot_main(["crossfit", "upstream", "--dir", "/tmp/unused"]) != 0
+  assert "upstream needs --task TASK" in capsys.readouterr().err
+  assert cli.spot_main(["crossfit", "downstream", "--dir", "/tmp/unused", "--task", "t",
+                        "--", "--gin.X=1"]) != 0
+  assert "needs --task, --lr and --batch-size" in capsys.readouterr().err
+
+
+def test_downstream_from_a_peft_upstream_is_refused(shared_data, tmp_path):
+  flags = _flags(shared_data)
+  flags[0] = "--gin_file=spot/gin/models/t5_1_1_tiny.gin"
+  flags = [f for f in flags if "PROMPT_LENGTH" not in f] + ["--gin_file=spot/gin/peft/lora.gin"]
+  spec = crossfit.DownstreamSpec(tasks=("spot_glue_rte",), learning_rates=(0.3,),
+                                 batch_sizes=(4,), shots=(4,), steps=1, train_flags=tuple(flags))
+  with pytest.raises(errors.ConfigError, match="starts prompts only.*lora"):
+    crossfit.run_downstream(spec, str(tmp_path / "cf"), train=StandInTrainer(),
+                            log=lambda m: None)
