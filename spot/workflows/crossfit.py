@@ -148,6 +148,7 @@ def run_fomaml(base: settings_lib.TrainSettings, spec: UpstreamSpec, model_dir: 
   then a query batch of `inner_batch_size` from its own data stream. The final
   state is saved as a committed run checkpoint (step `spec.steps`) with numpy
   exports of the prompt and run.json, like a trainer run. A killed run starts over.
+  The outer step is jitted on the default devices (not the trainer's mesh).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -402,7 +403,7 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
     base = bases[key]
     if cell.init == "upstream" and init is None:
       _check_prompt_run(base)
-      init = upstream_prompt(spec.upstream or upstream_dir(study))
+      init = upstream_prompt(spec.upstream or _finished_upstream(study))
     prog(f"training {cell.run_id} ({spec.steps} steps)")
     start = time.perf_counter()
     train(cell_settings(base, spec, study, cell, init if cell.init == "upstream" else None))
@@ -417,6 +418,20 @@ class _Progress(study_lib.Progress):
 
   def __call__(self, message: str) -> None:
     self.log(f"[crossfit {self.done}/{self.total} {self.eta()}] {message}")
+
+
+def _finished_upstream(study_dir: epath.Path) -> epath.Path:
+  """STUDY_DIR/upstream, refused while its run (per upstream.json) is unfinished."""
+  path = study_dir / UPSTREAM_JSON
+  model_dir = upstream_dir(study_dir)
+  if not path.exists():
+    raise errors.MissingInputError(f"{path} not found: train the upstream first (`spot crossfit "
+                                   f"upstream --dir {study_dir} ...`) or pass --upstream MODEL_DIR.")
+  steps = int(json.loads(path.read_text())["spec"]["steps"])
+  if not _finished(model_dir, steps):
+    raise errors.MissingInputError(f"the upstream run {model_dir} has not reached its {steps} "
+                                   "steps; rerun `spot crossfit upstream` on this --dir first.")
+  return model_dir
 
 
 def _check_prompt_run(base: settings_lib.TrainSettings) -> None:
