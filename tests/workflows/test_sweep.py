@@ -10,6 +10,7 @@ import pytest
 
 from spot import errors
 from spot.workflows import sweep, sweep_cli
+from tests import helpers
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -19,7 +20,7 @@ def _train_flags(shared_data) -> list[str]:
           "--gin_file=spot/gin/runs/prompt_finetune.gin",
           f"--gin.SPM_PATH='{shared_data / 't5_vocab' / 'spiece.model'}'",
           f"--gin.DATA_DIR='{shared_data}'",
-          f"--gin.INITIAL_CHECKPOINT_PATH='{shared_data / 't5x_tiny_checkpoint' / 'checkpoint_3'}'",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{shared_data / helpers.TINY_CHECKPOINT}'",
           "--gin.MIXTURE_OR_TASK_NAME='spot_glue_sst2'", "--gin.MIXTURE_OR_TASK_MODULE='spot.tasks'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}", "--gin.PROMPT_LENGTH=4",
           "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=2",
@@ -35,7 +36,8 @@ def test_a_tiny_sweep_runs_each_seed_once_and_a_rerun_skips_both(shared_data, tm
   assert lines[-1].startswith("[sweep 2/2 ETA 0m00s] finished")
   for seed in (0, 1):
     metrics = json.loads((out / f"seed_{seed}" / "metrics.json").read_text())
-    assert metrics["seed"] == seed
+    assert (metrics["seed"], metrics["init_seed"], metrics["data_seed"]) == (seed, seed, seed)
+    assert metrics["protocol"] == "dev" and metrics["num_trainable"] > 0
     run = json.loads((out / f"seed_{seed}" / "run.json").read_text())
     assert (run["seed"], run["init_seed"], run["data_seed"]) == (seed, seed, seed)
   prompts = [json.loads((out / f"seed_{s}" / "run.json").read_text()) for s in (0, 1)]
