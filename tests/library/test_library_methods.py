@@ -216,3 +216,19 @@ def test_archive_round_trips_a_lora_entry(mixed, tmp_path):
   assert other.entry("l0").method == "lora"
   for k, v in mixed.params("l0").items():
     np.testing.assert_array_equal(other.params("l0")[k], v)
+
+
+def test_spot_workflow_refuses_a_lora_mixture_entry_before_training(tmp_path, make_prompt):
+  import types
+  from spot.workflows.spot_transfer import SpotWorkflow
+  lib = PromptLibrary(tmp_path / "library")
+  lib.add_params("glue_mix", _lora_params(), method="lora", peft=LORA.to_dict(),
+                 model=entry_lib.ModelInfo(MODEL, embed_dim=4))
+  settings = types.SimpleNamespace(target_steps=2, eval_every=1, embedding_step=1)
+  flow = SpotWorkflow(tmp_path, types.SimpleNamespace(mixture="glue_mix"), settings, 0,
+                      lambda m: None, MODEL)
+  trained = []
+  flow.train_prompt = lambda *a, **k: trained.append(a)
+  with pytest.raises(MethodMismatchError, match="'glue_mix' holds lora parameters"):
+    flow.run_target("rte", 1, 1)
+  assert not trained
