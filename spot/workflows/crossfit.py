@@ -120,7 +120,7 @@ def multitask_settings(base: settings_lib.TrainSettings, spec: UpstreamSpec,
       method="crossfit_multitask")
 
 
-def _task_batches(base: settings_lib.TrainSettings, task: str, batch_size: int,
+def task_batches(base: settings_lib.TrainSettings, task: str, batch_size: int,
                   seed: int) -> Iterator[dict]:
   """Endless model-feature batches of one upstream task (its own data order per seed)."""
   from spot.train import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -162,7 +162,7 @@ def run_fomaml(base: settings_lib.TrainSettings, spec: UpstreamSpec, model_dir: 
   tx = optax.adam(spec.outer_lr)
   step_fn = maml.make_outer_step(model, tx, inner_lr=spec.inner_lr, inner_steps=spec.inner_steps,
                                  use_dropout=model.config.dropout_rate > 0)
-  streams = [_task_batches(base, t, spec.inner_batch_size, spec.seed) for t in spec.tasks]
+  streams = [task_batches(base, t, spec.inner_batch_size, spec.seed) for t in spec.tasks]
   state = maml.init_state(trainable, tx)
   rng, history, start = jax.random.PRNGKey(spec.seed), [], time.perf_counter()
   for step in range(spec.steps):
@@ -494,7 +494,8 @@ def collect(study_dir: epath.PathLike) -> dict[str, Any]:
         found = [best[(init, task, k, s)] for s in spec.seeds if (init, task, k, s) in best]
         scores = [score for _, score in found]
         row[init] = {"mean": float(np.mean(scores)) if scores else None,
-                     "std": float(np.std(scores)) if scores else None,
+                     "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else (
+                         0.0 if scores else None),  # sample std, as spot report
                      "seeds": {str(c.seed): score for c, score in found},
                      "best_cells": {str(c.seed): {"learning_rate": c.learning_rate,
                                                   "batch_size": c.batch_size} for c, _ in found}}
@@ -505,7 +506,7 @@ def collect(study_dir: epath.PathLike) -> dict[str, Any]:
     try:
       arg = report.average_relative_gain(means["upstream"], means["baseline"])
     except errors.SpotError as e:
-      arg_error = str(e)
+      arg_error = str(e).removeprefix("ARG: ")
     per_k.append({"shots": k, "tasks": rows, "arg": arg, "arg_error": arg_error})
   upstream_json = study / UPSTREAM_JSON
   upstream = json.loads(upstream_json.read_text()) if upstream_json.exists() else None

@@ -77,7 +77,7 @@ def fomaml_run(shared_data, tmp_path_factory):
 def _held_out_loss(base, trainable, frozen) -> float:
   """Mean per-token loss over a fixed batch of each upstream task (not a training batch)."""
   from spot.train import maml
-  batches = [next(crossfit._task_batches(base, t, 8, seed=123)) for t in UPSTREAM]
+  batches = [next(crossfit.task_batches(base, t, 8, seed=123)) for t in UPSTREAM]
   return float(np.mean([maml.token_loss(base.model, trainable, frozen, b) for b in batches]))
 
 
@@ -137,19 +137,20 @@ def test_a_tiny_crossfit_study_end_to_end_and_its_arg(fomaml_run, shared_data):
   study_dir, _, _, model_dir, _ = fomaml_run
   tmp_path = study_dir.parent
   spec = crossfit.DownstreamSpec(tasks=DOWNSTREAM, learning_rates=(0.3, 1.0), batch_sizes=(4,),
-                                 shots=(8,), seeds=(0,), steps=3, pool=100,
+                                 shots=(8,), seeds=(0, 1), steps=3, pool=100,
                                  train_flags=tuple(_flags(shared_data)))
   trainer = StandInTrainer()
   lines = []
   crossfit.run_downstream(spec, str(tmp_path / "cf"), train=trainer, log=lines.append)
-  assert len(trainer.settings) == 2 * 2 * 2  # inits x tasks x learning rates
-  assert lines[0].startswith("[crossfit 0/8 ETA ?] 0 of 8 cell(s) already finished")
-  assert lines[-1].startswith("[crossfit 8/8 ETA 0m00s] finished")
+  assert len(trainer.settings) == 2 * 2 * 2 * 2  # inits x tasks x seeds x learning rates
+  assert lines[0].startswith("[crossfit 0/16 ETA ?] 0 of 16 cell(s) already finished")
+  assert lines[-1].startswith("[crossfit 16/16 ETA 0m00s] finished")
   first = trainer.settings[0]
   assert first.train_dataset_cfg.mixture_or_task_name == "spot_glue_rte_8shot_s0"
   assert first.model_dir.endswith("downstream/upstream/spot_glue_rte/k8/lr0.3_bs4/seed0")
   assert "LEARNING_RATE = 0.3" in first.gin_config and first.train_steps == 3
   assert "LEARNING_RATE = 1.0" in trainer.settings[1].gin_config
+  assert trainer.settings[2].train_dataset_cfg.mixture_or_task_name == "spot_glue_rte_8shot_s1"
   # Upstream cells start from the upstream prompt; baseline cells from their own init.
   up = crossfit.upstream_prompt(model_dir)
   start = state_lib.initial_params(first.model, first.initial_checkpoint_path, first.seed)
@@ -164,9 +165,13 @@ def test_a_tiny_crossfit_study_end_to_end_and_its_arg(fomaml_run, shared_data):
   # The best cell per task and seed is the better of its two learning rates.
   for task in DOWNSTREAM:
     for init in crossfit.INITS:
-      scores = [crossfit.cell_score(tmp_path / "cf", spec, crossfit.Cell(init, task, 8, lr, 4, 0))
-                for lr in (0.3, 1.0)]
-      assert block["tasks"][task][init]["mean"] == pytest.approx(max(scores))
+      best = [max(crossfit.cell_score(tmp_path / "cf", spec,
+                                      crossfit.Cell(init, task, 8, lr, 4, seed))
+                  for lr in (0.3, 1.0)) for seed in (0, 1)]
+      cell = block["tasks"][task][init]
+      assert [cell["seeds"]["0"], cell["seeds"]["1"]] == pytest.approx(best)
+      assert cell["mean"] == pytest.approx(np.mean(best))
+      assert cell["std"] == pytest.approx(np.std(best, ddof=1))
   # ARG by hand from the report's own per-task numbers.
   gains = [(block["tasks"][t]["upstream"]["mean"] - block["tasks"][t]["baseline"]["mean"])
            / block["tasks"][t]["baseline"]["mean"] * 100 for t in DOWNSTREAM]
