@@ -57,7 +57,8 @@ def build_step(setup: bench_train.Setup, method: str, lora_rank: int = 8):
   from spot.train import trainable as trainable_lib
   from spot.train.models import EncoderDecoderModel
   spec_text, selection, lr = available_methods()[method]
-  spec = eval(spec_text, {"peft": peft, "RANK": lora_rank}) if spec_text else None  # pylint: disable=eval-used
+  # pylint: disable-next=eval-used
+  spec = eval(spec_text, {"peft": peft, "RANK": lora_rank}) if spec_text else None
   prompt = functools.partial(prompts.PrefixPrompt, length=setup.prompt_length) \
       if method == "prompt" else None
   model = EncoderDecoderModel(setup.config(), prompt, peft=spec)

@@ -144,8 +144,8 @@ class PromptCache:
     if not entry.is_prompt:
       raise UnservableMethodError(
           f"library entry {entry.name!r} holds {entry.method} parameters (method "
-          f"{entry.method!r}), not a prompt; spot serve applies prompt entries only (one frozen model for every "
-          "request): pick an entry listed by GET /v1/prompts, or merge the method into a "
+          f"{entry.method!r}), not a prompt; spot serve applies prompt entries only (one "
+          "frozen model for every request): pick an entry listed by GET /v1/prompts, or merge the method into a "
           "checkpoint (spot.peft.merge_peft) and serve that as --base.")
     problem = self.fits(entry)
     if problem:
