@@ -77,3 +77,13 @@ def test_bad_sweeps_are_named(tmp_path):
     sweep.write_spec(tmp_path, sweep.SweepSpec(seeds=(0, 2)))
   with pytest.raises(errors.UnknownNameError, match="seed_0"):
     sweep.find_run(sweep.plan_runs(sweep.SweepSpec(seeds=(0,)), 1), "seed_9")
+
+
+def test_spot_sweep_plan_is_wired_into_the_spot_command(tmp_path, capsys):
+  from spot import cli
+  assert cli.spot_main(["sweep", "plan", "--dir", str(tmp_path), "--num-seeds", "2",
+                        "--prog", "t5x train", "--", "--gin.X=1"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [shlex.split(l)[:3] for l in lines] == [["t5x", "train", "--gin.X=1"]] * 2
+  assert "--gin.SEED=1" in shlex.split(lines[1])
+  assert sweep.read_spec(tmp_path) == sweep.SweepSpec(seeds=(0, 1), train_flags=("--gin.X=1",))
