@@ -151,14 +151,14 @@ def init_peft_params(model: EncoderDecoderModel, base: Mapping[str, Any],
           if k not in base and not k.startswith("encoder/prompt/")}
 
 
-def params_from_run(model: EncoderDecoderModel, model_dir: str,
-                    initial_checkpoint_path: Optional[str] = None, best: bool = False,
-                    step: Optional[int] = None) -> tuple[dict, dict]:
-  """Full parameters of a finished (or running) run: base + its trained parameters.
+def trainable_from_run(model_dir: str, best: bool = False,
+                       step: Optional[int] = None) -> dict:
+  """The trained parameters (numpy) of a run's checkpoint, without the base."""
+  return _restore_run(model_dir, best, step)[0]
 
-  The base checkpoint path is read from the run's checkpoint metadata unless
-  `initial_checkpoint_path` overrides it. Returns (params, meta).
-  """
+
+def _restore_run(model_dir: str, best: bool, step: Optional[int]) -> tuple[dict, dict]:
+  """(trainable tree, meta) of checkpoint `step` (default latest) of `model_dir`."""
   from spot.train import checkpointing
   if not epath.Path(model_dir).exists():
     raise errors.MissingInputError(f"RESTORE_MODEL_DIR={model_dir!r} does not exist; point it "
@@ -176,8 +176,18 @@ def params_from_run(model: EncoderDecoderModel, model_dir: str,
                                                      meta=ocp.args.JsonRestore()))
   finally:
     ckpt.close()
-  meta = dict(out["meta"])
-  trained = jax.tree_util.tree_map(np.asarray, out["state"]["trainable"])
+  return jax.tree_util.tree_map(np.asarray, out["state"]["trainable"]), dict(out["meta"])
+
+
+def params_from_run(model: EncoderDecoderModel, model_dir: str,
+                    initial_checkpoint_path: Optional[str] = None, best: bool = False,
+                    step: Optional[int] = None) -> tuple[dict, dict]:
+  """Full parameters of a finished (or running) run: base + its trained parameters.
+
+  The base checkpoint path is read from the run's checkpoint metadata unless
+  `initial_checkpoint_path` overrides it. Returns (params, meta).
+  """
+  trained, meta = _restore_run(model_dir, best, step)
   base_path = initial_checkpoint_path or meta.get("base_checkpoint")
   base = load_base_params(model, base_path, int(meta.get("seed", 0)))
   flat = traverse_util.flatten_dict(dict(base), sep="/")

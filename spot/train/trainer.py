@@ -359,7 +359,8 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
           partitioner: Optional[partitioning_lib.Partitioner] = None,
           stop_after_steps: Optional[int] = None, gin_config: Optional[str] = None,
           method: Optional[str] = None, verbose: bool = True,
-          metrics_writers: Sequence[MetricsWriter] = ()) -> TrainResult:
+          metrics_writers: Sequence[MetricsWriter] = (),
+          init_trainable_from: Optional[str] = None) -> TrainResult:
   """Trains `trainable` parameters of `model` on a SeqIO task; resumes if possible.
 
   Args:
@@ -395,6 +396,10 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
       evaluation (the last one without best_metric) after the final one, e.g.
       `spot.report_writers.write_final_metrics` (metrics.json) and
       `spot.xgen.report.write_xgen_scores`; the run files bind both.
+    init_trainable_from: INIT_TRAINABLE_FROM, a run's model_dir: a fresh start
+      takes its trainable values (prompt or PEFT parameters) from that run's
+      latest committed checkpoint instead of the initializers (CrossFit-style
+      downstream). Ignored on resume.
 
   Raises:
     UsageError: a setting that cannot work (task, batch split, resume with
@@ -411,15 +416,22 @@ def train(*, model: EncoderDecoderModel, train_dataset_cfg: data_lib.DatasetConf
     train_dataset_cfg = dataclasses.replace(train_dataset_cfg, seed=data_seed)
   run_meta = dict(_run_meta(model, train_dataset_cfg, trainable, initial_checkpoint_path, seeds),
                   protocol=protocol)
+  if init_trainable_from:
+    run_meta["init_trainable_from"] = spot_io.absolute(init_trainable_from)
   # 1. Check all that is cheap to check; model_dir does not change until this passes.
   _check_protocol(protocol, eval_cfg)
   _check_settings(data_lib, train_dataset_cfg, num_microbatches, eval_cfg, model)
   _check_base_checkpoint(model, initial_checkpoint_path)
   latest, resume_meta = _check_model_dir(model_dir, run_meta)
+  start_from = (_trainable_from_run(init_trainable_from, run_meta["trainable_shapes"])
+                if init_trainable_from and latest is None else None)
   # 2. Now the run may change model_dir: config, and what killed writers left behind.
   ckpt = _open_model_dir(model_dir, checkpoint_cfg.keep, gin_config)
   state, shardings, frozen, frozen_sh = _init_state(model, tx, trainable, partitioner,
                                                     initial_checkpoint_path, seeds)
+  if start_from is not None:
+    state = state.replace(trainable=jax.device_put(
+        jax.tree_util.tree_map(np.asarray, start_from), shardings.trainable))
   stopper = EarlyStopping.from_config(eval_cfg)
   state = _resume_or_start(ckpt, model_dir, latest, resume_meta, state, shardings, stopper,
                            checkpoint_cfg, verbose)
@@ -552,6 +564,22 @@ def _init_state(model: EncoderDecoderModel, tx: optax.GradientTransformation,
   frozen = partitioner.put(frozen, frozen_sh, in_place=True)
   state, shardings = train_state_lib.create_state(partitioner, tx, tr, tr_axes)
   return state, shardings, frozen, frozen_sh
+
+
+def _trainable_from_run(model_dir: str, shapes: Mapping[str, Sequence[int]]) -> dict:
+  """The trainable tree of `model_dir`'s latest checkpoint, checked against `shapes`.
+
+  Every '/'-joined path and shape must equal this run's (`trainable_shapes`).
+  """
+  trained = state_lib.trainable_from_run(model_dir)
+  have = trainable_shapes(trained)
+  for name in sorted(set(shapes) | set(have)):
+    if list(shapes.get(name, [])) != list(have.get(name, [])) or (name in shapes) != (name in have):
+      raise errors.UsageError(
+          f"INIT_TRAINABLE_FROM={model_dir!r} has parameter {name} with shape "
+          f"{have.get(name)} but this run trains {shapes.get(name)}; use the same PROMPT_LENGTH, "
+          "TRAINABLE and PEFT settings as that run, or point INIT_TRAINABLE_FROM at a matching run.")
+  return trained
 
 
 def _resume_or_start(ckpt: checkpointing.RunCheckpointer, model_dir: str,
