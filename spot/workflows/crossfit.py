@@ -16,9 +16,9 @@ Layout of a study directory:
 Upstream is multi-task learning (an examples-proportional mixture of the tasks,
 trained by the normal trainer) or first-order MAML (`spot.train.maml`). Both
 train only `TRAINABLE` (the base stays frozen): a prompt, or a PEFT method.
-Downstream starts a prompt from the upstream prompt; a PEFT method's
-parameters cannot yet initialise a run, so downstream from a PEFT upstream is
-refused (upstream itself works for every method).
+Downstream starts a prompt from the upstream prompt, and any other method's
+trainable parameters from the upstream run's checkpoint (the trainer's
+`init_trainable_from`), so both stages work for every method.
 
 The best grid cell of each (task, K, seed) is the one with the best dev
 score (the run's metrics.json); its score is the cell's result. K is a data
@@ -390,7 +390,7 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
   prog = _Progress(len(cells), len(done), log)
   prog(f"{len(done)} of {len(cells)} cell(s) already finished under {study}")
   bases: dict[tuple[float, int], settings_lib.TrainSettings] = {}
-  init = None
+  init, upstream = None, None
   trained = []
   for cell in cells:
     if cell in done:
@@ -401,12 +401,17 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
           "MODEL_DIR = 'unused'", f"MIXTURE_OR_TASK_NAME = {spec.tasks[0]!r}",
           f"TRAIN_STEPS = {spec.steps}"])
     base = bases[key]
-    if cell.init == "upstream" and init is None:
-      _check_prompt_run(base)
-      init = upstream_prompt(spec.upstream or _finished_upstream(study))
+    if cell.init == "upstream" and upstream is None:
+      upstream = spec.upstream or _finished_upstream(study)
+      if _is_prompt_run(base):
+        init = upstream_prompt(upstream)
     prog(f"training {cell.run_id} ({spec.steps} steps)")
     start = time.perf_counter()
-    train(cell_settings(base, spec, study, cell, init if cell.init == "upstream" else None))
+    run = cell_settings(base, spec, study, cell, init if cell.init == "upstream" else None)
+    if cell.init == "upstream" and init is None:
+      # A PEFT method (or any non-prompt selection) starts from the upstream's trained values.
+      run = dataclasses.replace(run, extra=dict(run.extra, init_trainable_from=str(upstream)))
+    train(run)
     prog.finished(time.perf_counter() - start)
     trained.append(cell)
   prog(f"finished; `spot crossfit report {study}` writes the report")
@@ -434,11 +439,9 @@ def _finished_upstream(study_dir: epath.Path) -> epath.Path:
   return model_dir
 
 
-def _check_prompt_run(base: settings_lib.TrainSettings) -> None:
-  if base.trainable != "prompt" or getattr(base.model, "peft", None) is not None:
-    raise errors.ConfigError(
-        f"downstream from an upstream run starts prompts only (TRAINABLE={base.trainable!r}); "
-        "a PEFT method's parameters cannot initialise a run yet: use a prompt run file.")
+def _is_prompt_run(base: settings_lib.TrainSettings) -> bool:
+  """Whether the run trains only a prompt (started from the upstream prompt array)."""
+  return base.trainable == "prompt" and getattr(base.model, "peft", None) is None
 
 
 # -------------------------------------------------------------------- report

@@ -3,6 +3,7 @@ GLUE tasks from ../shared/data, the downstream grid with its best cells and ARG.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 
@@ -234,12 +235,17 @@ def test_the_commands_refuse_missing_tasks_and_flags(capsys):
   assert "needs --task, --lr and --batch-size" in capsys.readouterr().err
 
 
-def test_downstream_from_a_peft_upstream_is_refused(shared_data, tmp_path):
+def test_downstream_from_a_peft_upstream_starts_from_its_checkpoint(shared_data, tmp_path):
   flags = _flags(shared_data)
   flags[0] = "--gin_file=spot/gin/models/t5_1_1_tiny.gin"
   flags = [f for f in flags if "PROMPT_LENGTH" not in f] + ["--gin_file=spot/gin/peft/lora.gin"]
   spec = crossfit.DownstreamSpec(tasks=("spot_glue_rte",), learning_rates=(0.3,),
                                  batch_sizes=(4,), shots=(4,), steps=1, train_flags=tuple(flags))
-  with pytest.raises(errors.ConfigError, match="starts prompts only.*lora"):
-    crossfit.run_downstream(spec, str(tmp_path / "cf"), train=StandInTrainer(),
-                            log=lambda m: None)
+  upstream = tmp_path / "lora_upstream"
+  trainer = StandInTrainer()
+  crossfit.run_downstream(dataclasses.replace(spec, upstream=str(upstream)),
+                          str(tmp_path / "cf"), train=trainer, log=lambda m: None)
+  by_init = {s.model_dir.split("/downstream/")[1].split("/")[0]: s for s in trainer.settings}
+  assert by_init["upstream"].extra["init_trainable_from"] == str(upstream)
+  assert by_init["upstream"].model.peft.method == "lora"
+  assert by_init["baseline"].extra.get("init_trainable_from") is None
