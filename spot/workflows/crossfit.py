@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from etils import epath
@@ -401,6 +401,8 @@ def run_downstream(spec: DownstreamSpec, study_dir: str, *, log: Callable[[str],
           "MODEL_DIR = 'unused'", f"MIXTURE_OR_TASK_NAME = {spec.tasks[0]!r}",
           f"TRAIN_STEPS = {spec.steps}"])
     base = bases[key]
+    if not trained:
+      _check_eval_splits(base, spec.tasks)
     if cell.init == "upstream" and upstream is None:
       upstream = spec.upstream or _finished_upstream(study)
       if _is_prompt_run(base):
@@ -437,6 +439,26 @@ def _finished_upstream(study_dir: epath.Path) -> epath.Path:
     raise errors.MissingInputError(f"the upstream run {model_dir} has not reached its {steps} "
                                    "steps; rerun `spot crossfit upstream` on this --dir first.")
   return model_dir
+
+
+def _check_eval_splits(base: settings_lib.TrainSettings, tasks: Sequence[str]) -> None:
+  """Refuses, before any cell trains, a downstream task without the split cells are scored on."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from spot.train import config as train_config  # pylint: disable=g-import-not-at-top
+  split = (base.eval_cfg.split if base.eval_cfg is not None else "validation")
+  for name in tasks:
+    task = seqio.get_mixture_or_task(name)
+    splits = list(getattr(task, "splits", None) or ())
+    if split in (train_config.DEV1, train_config.DEV2):
+      if not any(s.startswith("validation") for s in splits):
+        raise errors.MissingInputError(
+            f"downstream task {name!r} has no validation split to score its cells on (its "
+            f"splits: {splits}); give its dev file under DATA_DIR or choose another --task.")
+    elif splits and split not in splits:
+      raise errors.MissingInputError(
+          f"downstream task {name!r} has no {split!r} split to score its cells on (its splits: "
+          f"{splits}); give its dev file under DATA_DIR, set --gin.EVAL_SPLIT, or choose "
+          "another --task.")
 
 
 def _is_prompt_run(base: settings_lib.TrainSettings) -> bool:

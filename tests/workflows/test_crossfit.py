@@ -17,7 +17,7 @@ from spot.workflows import settings as settings_lib
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 UPSTREAM = ("spot_glue_sst2", "spot_glue_mrpc")
-DOWNSTREAM = ("spot_glue_rte", "spot_glue_cola")
+DOWNSTREAM = ("spot_glue_rte", "spot_glue_sst2")
 
 
 def _flags(shared_data, task="spot_glue_rte"):
@@ -249,3 +249,15 @@ def test_downstream_from_a_peft_upstream_starts_from_its_checkpoint(shared_data,
   assert by_init["upstream"].extra["init_trainable_from"] == str(upstream)
   assert by_init["upstream"].model.peft.method == "lora"
   assert by_init["baseline"].extra.get("init_trainable_from") is None
+
+
+def test_a_downstream_task_without_a_dev_split_is_refused_before_any_cell(shared_data, tmp_path):
+  # ../shared/data has MRPC's train and test files only.
+  spec = crossfit.DownstreamSpec(tasks=("spot_glue_mrpc",), learning_rates=(0.3,),
+                                 batch_sizes=(4,), shots=(4,), steps=1,
+                                 train_flags=tuple(_flags(shared_data, task="spot_glue_mrpc")))
+  trainer = StandInTrainer()
+  with pytest.raises(errors.MissingInputError, match="spot_glue_mrpc.*no 'validation' split"):
+    crossfit.run_downstream(dataclasses.replace(spec, upstream=str(tmp_path / "up")),
+                            str(tmp_path / "cf"), train=trainer, log=lambda m: None)
+  assert trainer.settings == []
