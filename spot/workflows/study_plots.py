@@ -6,25 +6,11 @@ each function returns PNG bytes.
 
 from __future__ import annotations
 
-import io
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-
-def _figure(width: float, height: float):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(width, height), dpi=100)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _png(fig) -> bytes:
-  buf = io.BytesIO()
-  fig.tight_layout()
-  fig.savefig(buf, format="png")
-  return buf.getvalue()
+from spot.report_plots import figure as _figure, png_bytes as _png
 
 
 def cluster_order(matrix: np.ndarray) -> list[int]:
