@@ -360,15 +360,10 @@ def cell_settings(base: settings_lib.TrainSettings, spec: DownstreamSpec, study_
 def write_downstream_spec(study_dir: epath.Path, spec: DownstreamSpec) -> DownstreamSpec:
   """Writes downstream.json, or checks that the one there is the same grid."""
   path = study_dir / DOWNSTREAM_JSON
-  if path.exists():
-    old = DownstreamSpec.from_json(json.loads(path.read_text()))
-    if old != spec:
-      raise errors.ConfigError(f"{study_dir} holds another downstream grid; use a new --dir, "
-                               "or rerun it with `spot crossfit downstream --dir DIR` alone.")
-    return old
-  study_dir.mkdir(parents=True, exist_ok=True)
-  spot_io.write_text_atomic(path, json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
-  return spec
+  return study_lib.write_or_check_spec(
+      path, spec, lambda: DownstreamSpec.from_json(json.loads(path.read_text())),
+      lambda diff: f"{study_dir} holds another downstream grid; use a new --dir, or rerun it "
+      "with `spot crossfit downstream --dir DIR` alone.")
 
 
 def read_downstream_spec(study_dir: epath.PathLike) -> DownstreamSpec:

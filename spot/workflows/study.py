@@ -228,21 +228,31 @@ def read_spec(study_dir: epath.PathLike) -> StudySpec:
   return StudySpec.from_json(json.loads(path.read_text()))
 
 
-def write_spec(study_dir: epath.PathLike, spec: StudySpec) -> StudySpec:
-  """Writes study.json, or checks that the one there is the same study."""
-  path = epath.Path(study_dir) / STUDY_FILE
+def write_or_check_spec(path: epath.Path, spec: Any, read: Callable[[], Any],
+                        mismatch: Callable[[list[str]], str]) -> Any:
+  """Writes a recipe's spec JSON at `path`, or returns the one there when it equals `spec`.
+
+  A different saved spec raises ConfigError(mismatch(names of the differing fields)),
+  so a rerun never mixes two recipes' runs in one directory.
+  """
   if path.exists():
-    old = read_spec(study_dir)
+    old = read()
     if old != spec:
       diff = [f.name for f in dataclasses.fields(spec)
               if getattr(old, f.name) != getattr(spec, f.name)]
-      raise errors.ConfigError(f"{study_dir} holds a study with other settings ({', '.join(diff)}"
-                               "); use a new --dir, or run it as is with `spot study run --dir "
-                               "DIR` alone.")
+      raise errors.ConfigError(mismatch(diff))
     return old
   path.parent.mkdir(parents=True, exist_ok=True)
   spot_io.write_text_atomic(path, json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
   return spec
+
+
+def write_spec(study_dir: epath.PathLike, spec: StudySpec) -> StudySpec:
+  """Writes study.json, or checks that the one there is the same study."""
+  return write_or_check_spec(
+      epath.Path(study_dir) / STUDY_FILE, spec, lambda: read_spec(study_dir),
+      lambda diff: f"{study_dir} holds a study with other settings ({', '.join(diff)}); use a "
+      "new --dir, or run it as is with `spot study run --dir DIR` alone.")
 
 
 def check_library_sources(spec: StudySpec, base: settings_lib.TrainSettings) -> None:

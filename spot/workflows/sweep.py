@@ -111,19 +111,10 @@ def read_spec(sweep_dir: epath.PathLike) -> SweepSpec:
 
 def write_spec(sweep_dir: epath.PathLike, spec: SweepSpec) -> SweepSpec:
   """Writes sweep.json, or checks that the one there is the same sweep."""
-  path = epath.Path(sweep_dir) / SWEEP_FILE
-  if path.exists():
-    old = read_spec(sweep_dir)
-    if old != spec:
-      diff = [f.name for f in dataclasses.fields(spec)
-              if getattr(old, f.name) != getattr(spec, f.name)]
-      raise errors.ConfigError(f"{sweep_dir} holds a sweep with other settings ({', '.join(diff)}"
-                               "); use a new --dir, or run it as is with `spot sweep run --dir "
-                               "DIR` alone.")
-    return old
-  path.parent.mkdir(parents=True, exist_ok=True)
-  spot_io.write_text_atomic(path, json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
-  return spec
+  return study_lib.write_or_check_spec(
+      epath.Path(sweep_dir) / SWEEP_FILE, spec, lambda: read_spec(sweep_dir),
+      lambda diff: f"{sweep_dir} holds a sweep with other settings ({', '.join(diff)}); use a "
+      "new --dir, or run it as is with `spot sweep run --dir DIR` alone.")
 
 
 def run_settings(base: settings_lib.TrainSettings, sweep_dir: epath.PathLike,
