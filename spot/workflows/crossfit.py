@@ -438,11 +438,13 @@ def _finished_upstream(study_dir: epath.Path) -> epath.Path:
 
 def _check_eval_splits(base: settings_lib.TrainSettings, tasks: Sequence[str]) -> None:
   """Refuses, before any cell trains, a downstream task without the split cells are scored on."""
-  import seqio  # pylint: disable=g-import-not-at-top
   from spot.train import config as train_config  # pylint: disable=g-import-not-at-top
+  from spot.train import data as train_data  # pylint: disable=g-import-not-at-top
   split = (base.eval_cfg.split if base.eval_cfg is not None else "validation")
+  cfg = base.train_dataset_cfg
   for name in tasks:
-    task = seqio.get_mixture_or_task(name)
+    # Imports MIXTURE_OR_TASK_MODULE and registers DATA_DIR's local files, as the cells will.
+    task = train_data.get_task(name, cfg.module, cfg.data_dir)
     splits = list(getattr(task, "splits", None) or ())
     if split in (train_config.DEV1, train_config.DEV2):
       if not any(s.startswith("validation") for s in splits):
