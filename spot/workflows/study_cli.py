@@ -69,14 +69,12 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
                  help="after --: spot train flags of every run (--gin_file=..., --gin.K=V)")
 
 
-def _launch_arguments(p: argparse.ArgumentParser) -> None:
+def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+  """--launcher and its settings (`study_launch.LaunchOptions`), for `spot study|sweep plan`."""
   from spot.workflows import study_launch  # pylint: disable=g-import-not-at-top
   d = study_launch.LaunchOptions()
   p.add_argument("--launcher", choices=study_launch.LAUNCHERS, default="shell",
                  help="the command lines' form (default shell; see docs/study.md)")
-  p.add_argument("--format", choices=("shell", "jsonl"), default="shell",
-                 help="shell: the --launcher's lines; jsonl: one {run_id, stage, needs, "
-                 "command} object per unfinished run")
   p.add_argument("--venv", default=d.venv, help="remote virtualenv (default %(default)s)")
   p.add_argument("--workdir", default=d.workdir, help="remote checkout (default %(default)s)")
   p.add_argument("--tpu-name", default=d.tpu_name, help="tpu: the TPU VM (default %(default)s)")
@@ -100,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only this run (repeat); see `plan`")
   plan = sub.add_parser("plan", help="print the unfinished runs as commands, in stages")
   _spec_arguments(plan)
-  _launch_arguments(plan)
+  add_launch_arguments(plan)
+  plan.add_argument("--format", choices=("shell", "jsonl"), default="shell",
+                    help="shell: the --launcher's lines; jsonl: one {run_id, stage, needs, "
+                    "command} object per unfinished run")
   report = sub.add_parser("report", help="collect finished runs: report.md, results.json, PNGs")
   report.add_argument("dir", metavar="DIR")
   report.add_argument("--out", metavar="OUT", help="default DIR/report")
@@ -146,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def launch_options(args: argparse.Namespace):
+  """The LaunchOptions of `add_launch_arguments`' flags."""
   from spot.workflows import study_launch  # pylint: disable=g-import-not-at-top
   return study_launch.LaunchOptions(
       venv=args.venv, workdir=args.workdir, tpu_name=args.tpu_name, zone=args.zone,

@@ -178,13 +178,21 @@ def run_flags(run: SweepRun, sweep_dir: str) -> list[str]:
           f"--gin.INIT_SEED={run.init_seed}", f"--gin.DATA_SEED={run.data_seed}"]
 
 
+def pending_runs(spec: SweepSpec, sweep_dir: epath.PathLike) -> list[SweepRun]:
+  """The runs without metrics.json and a committed checkpoint under `sweep_dir` (a run
+  writes metrics.json when it ends; the steps themselves come from the train flags)."""
+  root = epath.Path(sweep_dir)
+  return [r for r in plan_runs(spec, steps=0) if not study_lib.is_finished(root, r)]
+
+
 def plan_commands(spec: SweepSpec, sweep_dir: str, prog: str = "spot train",
-                  fmt: str = "shell") -> list[str]:
-  """One line per run: a `spot train TRAIN_FLAGS --gin.MODEL_DIR=... --gin.SEED=...`
-  command (shell), or a JSON object {"run_id", "seed", "init_seed", "data_seed",
-  "command"} (jsonl). Each command trains (or resumes) its run on any machine."""
+                  fmt: str = "shell", runs: Optional[Sequence[SweepRun]] = None) -> list[str]:
+  """One line per run (of `runs`, default all): a `spot train TRAIN_FLAGS
+  --gin.MODEL_DIR=... --gin.SEED=...` command (shell), or a JSON object {"run_id", "seed",
+  "init_seed", "data_seed", "command"} (jsonl). Each command trains (or resumes) its run
+  on any machine."""
   lines = []
-  for run in plan_runs(spec, steps=0):  # the steps come from the train flags
+  for run in plan_runs(spec, steps=0) if runs is None else runs:
     words = prog.split() + list(spec.train_flags) + run_flags(run, sweep_dir)
     command = " ".join(shlex.quote(w) for w in words)
     if fmt == "jsonl":

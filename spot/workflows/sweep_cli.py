@@ -2,7 +2,8 @@
 
     spot sweep run --dir DIR --seeds 0,1,2 [--vary both|init|data] -- TRAIN_FLAGS
     spot sweep run --dir DIR --num-seeds 5 -- TRAIN_FLAGS
-    spot sweep plan --dir DIR [--format shell|jsonl]   # one `spot train` line per run
+    spot sweep plan --dir DIR [--format shell|jsonl]   # a `spot train` line per unfinished run
+    spot sweep plan --dir DIR --launcher tpu|slurm|multinode [launcher flags]
     spot sweep run --dir DIR --only seed_1             # one run, on any machine
 
 The sweep's settings are written to DIR/sweep.json by the first `run` or
@@ -17,6 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from spot import errors
+from spot.workflows import study_cli
 
 PROG = "spot sweep"
 
@@ -50,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
   _spec_arguments(run)
   run.add_argument("--only", action="append", default=[], metavar="RUN_ID",
                    help="train only this run (repeat); see `plan`")
-  plan = sub.add_parser("plan", help="print one `spot train` command per run")
+  plan = sub.add_parser("plan", help="print the unfinished runs as commands")
   _spec_arguments(plan)
-  plan.add_argument("--format", choices=("shell", "jsonl"), default="shell")
+  study_cli.add_launch_arguments(plan)
+  plan.add_argument("--format", choices=("shell", "jsonl"), default="shell",
+                    help="with --launcher shell: a `spot train` line per run (shell) or a "
+                    "{run_id, seed, init_seed, data_seed, command} object (jsonl)")
   plan.add_argument("--prog", default="spot train",
-                    help="the command the lines start with (e.g. 't5x train')")
+                    help="with --launcher shell: the command the lines start with "
+                    "(e.g. 't5x train')")
   return p
 
 
@@ -85,9 +91,19 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
   from spot import io as spot_io  # pylint: disable=g-import-not-at-top
   from spot.workflows import sweep  # pylint: disable=g-import-not-at-top
+  from spot.workflows import study_launch  # pylint: disable=g-import-not-at-top
   spec = sweep.write_spec(args.dir, spec_from_args(args))
-  for line in sweep.plan_commands(spec, spot_io.absolute(args.dir), prog=args.prog,
-                                  fmt=args.format):
+  sweep_dir = spot_io.absolute(args.dir)
+  pending = sweep.pending_runs(spec, sweep_dir)
+  if args.launcher == "shell":
+    if args.format == "shell":
+      print(f"# spot sweep plan {sweep_dir}: {len(pending)} of {len(spec.seeds)} run(s) "
+            "unfinished; each line trains (or resumes) one run on any machine.")
+    lines = sweep.plan_commands(spec, sweep_dir, prog=args.prog, fmt=args.format, runs=pending)
+  else:
+    lines = study_launch.render([pending] if pending else [], sweep_dir, args.launcher,
+                                study_cli.launch_options(args), recipe="sweep")
+  for line in lines:
     print(line)
   return 0
 

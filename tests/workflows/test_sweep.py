@@ -83,7 +83,46 @@ def test_spot_sweep_plan_is_wired_into_the_spot_command(tmp_path, capsys):
   from spot import cli
   assert cli.spot_main(["sweep", "plan", "--dir", str(tmp_path), "--num-seeds", "2",
                         "--prog", "t5x train", "--", "--gin.X=1"]) == 0
-  lines = capsys.readouterr().out.splitlines()
+  head, *lines = capsys.readouterr().out.splitlines()
+  assert head.startswith("# spot sweep plan") and "2 of 2 run(s) unfinished" in head
   assert [shlex.split(l)[:3] for l in lines] == [["t5x", "train", "--gin.X=1"]] * 2
   assert "--gin.SEED=1" in shlex.split(lines[1])
   assert sweep.read_spec(tmp_path) == sweep.SweepSpec(seeds=(0, 1), train_flags=("--gin.X=1",))
+
+
+def _finish(model_dir) -> None:
+  """What a run that ended leaves for `study.is_finished`: a committed checkpoint, metrics."""
+  from spot.checkpoints import run_dir
+  final = run_dir.step_dir(str(model_dir), 2)
+  for item in (run_dir.STATE_ITEM, run_dir.META_ITEM):
+    (final / item).mkdir(parents=True)
+  (final / run_dir.COMMIT_MARKER).write_text("ok")
+  (model_dir / run_dir.METRICS_JSON).write_text("{}")
+
+
+def test_plan_lists_only_unfinished_runs_for_every_launcher(tmp_path, capsys):
+  from spot import cli
+  argv = ["sweep", "plan", "--dir", str(tmp_path)]
+  assert cli.spot_main(argv + ["--seeds", "0,1,2", "--", "--gin.X=1"]) == 0
+  capsys.readouterr()
+  _finish(tmp_path / "seed_1")
+  assert cli.spot_main(argv + ["--format", "jsonl"]) == 0
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [r["run_id"] for r in rows] == ["seed_0", "seed_2"]
+  assert cli.spot_main(argv + ["--launcher", "slurm", "--partition", "gpu"]) == 0
+  script = capsys.readouterr().out
+  assert "2 unfinished run(s) in 1 stage(s)" in script and "#SBATCH --array=0-1" in script
+  assert "#SBATCH --job-name=spot-sweep-1" in script and "#SBATCH --partition=gpu" in script
+  assert "/bin/spot sweep run --dir " + str(tmp_path) in script
+  assert "'seed_0'" not in script and "  seed_0" in script and "seed_1" not in script
+  assert cli.spot_main(argv + ["--launcher", "tpu", "--tpu-name", "vm1"]) == 0
+  tpu = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+  assert len(tpu) == 2 and all("tools/tpu/tpu.py ssh --name vm1" in l for l in tpu)
+  assert "sweep run --dir" in tpu[1] and "--only seed_2" in tpu[1]
+  assert cli.spot_main(argv + ["--launcher", "multinode", "--hosts", "h1,h2"]) == 0
+  multi = capsys.readouterr().out
+  assert "ssh h1 " in multi and "ssh h2 " in multi and "spot report " + str(tmp_path) in multi
+  for seed in (0, 2):
+    _finish(tmp_path / f"seed_{seed}")
+  assert cli.spot_main(argv) == 0
+  assert "0 of 3 run(s) unfinished" in capsys.readouterr().out
