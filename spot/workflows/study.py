@@ -256,14 +256,26 @@ def write_spec(study_dir: epath.PathLike, spec: StudySpec) -> StudySpec:
 
 
 def check_library_sources(spec: StudySpec, base: settings_lib.TrainSettings) -> None:
-  """Refuses library sources that are prompts for another base model, naming them all."""
-  from spot.library.entry import check_run_model  # pylint: disable=g-import-not-at-top
-  from spot.library.errors import ModelMismatchError  # pylint: disable=g-import-not-at-top
+  """Refuses library sources that are not prompts, or prompts for another base model,
+  naming them all, before any run trains."""
+  from spot.library.entry import check_prompt_entry, check_run_model  # pylint: disable=g-import-not-at-top
+  from spot.library.errors import MethodMismatchError, ModelMismatchError  # pylint: disable=g-import-not-at-top
   if not spec.library_sources:
     return
   lib, other = _library(spec), []
-  for name in spec.library_sources:
-    entry = lib.entry(name)
+  entries = [lib.entry(name) for name in spec.library_sources]
+  not_prompts = []
+  for entry in entries:
+    try:
+      check_prompt_entry(entry)
+    except MethodMismatchError:
+      not_prompts.append(f"{entry.name} ({entry.method})")
+  if not_prompts:
+    raise MethodMismatchError(
+        f"library source(s) {', '.join(not_prompts)} hold another method's parameters, not "
+        "prompts; a study transfers prompts: drop them, or give entries of method 'prompt' "
+        "(spot library list --method prompt).")
+  for name, entry in zip(spec.library_sources, entries):
     try:
       check_run_model(entry, int(base.model.config.emb_dim), base.macros.get("MODEL_FAMILY"),
                       base.macros.get("MODEL_SIZE"))

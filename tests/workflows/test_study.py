@@ -187,6 +187,16 @@ def test_library_entries_are_sources_without_a_source_run(tmp_path):
   bad = _spec(seeds=(0,), weighted_k=0, library=str(other.path), library_sources=("glue_mix",))
   with pytest.raises(errors.ConfigError, match=r"library source\(s\) glue_mix \(t5_1_1_d16"):
     study_lib.run_study(base, bad, str(tmp_path / "study2"), log=lambda m: None, train=trainer)
+  # An entry of another method (LoRA) is refused, named, before any run trains.
+  from spot.library.errors import MethodMismatchError
+  lib.add_params("lora_mix", {"encoder/layers_0/attention/query/lora_a": np.ones((8, 2))},
+                 method="lora", peft={"rank": 2}, model=lib.entry("glue_mix").model)
+  lora = _spec(seeds=(0,), weighted_k=0, library=str(lib.path),
+               library_sources=("glue_mix", "lora_mix"))
+  calls = len(trainer.calls)
+  with pytest.raises(MethodMismatchError, match=r"library source\(s\) lora_mix \(lora\) hold "):
+    study_lib.run_study(base, lora, str(tmp_path / "study3"), log=lambda m: None, train=trainer)
+  assert len(trainer.calls) == calls
 
 
 def test_a_transfer_waits_for_its_source_to_finish(tmp_path):
