@@ -197,6 +197,7 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   elif args.from_model_dir:
     run_dir = sources.absolute(args.from_model_dir)
     step = sources.best_step(run_dir) if args.best else args.step
+    _refuse_model_tuning(sources.read_run(run_dir), args.from_model_dir)
     if sources.read_run(run_dir).is_prompt_run:
       prompt, step = sources.model_dir_prompt(run_dir, step, args.variable)
     else:  # another method: its whole trained (checkpointed) parameter tree
@@ -210,6 +211,7 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     else:
       run_dir = str(fs.path(ckpt).parent)
       default_step = sources.checkpoint_step(ckpt)
+    _refuse_model_tuning(sources.read_run(run_dir, meta), args.from_t5x)
     if meta and not sources.read_run(run_dir, meta).is_prompt_run:
       params = sources.run_checkpoint_trainable(ckpt)
     else:
@@ -238,6 +240,15 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   return entry.summary(), (f"added {entry.name!r}: {held}, model {entry.model.name}, task "
                            f"{entry.task or '-'}, embeddings "
                            f"{', '.join(entry.embedding_keys) or _no_embedding(entry)}")
+
+
+def _refuse_model_tuning(run: sources.RunRecord, where: str) -> None:
+  """Refuses a model-tuning run: an entry holds a prompt or PEFT module, not a whole model."""
+  if run.is_model_tuning:
+    raise LibraryUsageError(
+        f"{where} is a model-tuning run (TRAINABLE='all'): its checkpoint is a whole T5X model, "
+        "not a module a library entry holds; use the checkpoint itself (INITIAL_CHECKPOINT_PATH, "
+        "`spot checkpoint inspect`), or add a prompt or PEFT run.")
 
 
 def _no_embedding(entry: Any) -> str:

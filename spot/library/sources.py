@@ -241,6 +241,12 @@ class RunRecord:
     return not self.trainable or all("prompt" in r for r in self.trainable)
 
   @property
+  def is_model_tuning(self) -> bool:
+    """Whether the run trained every parameter (TRAINABLE='all'): a whole model, not a
+    parameter-efficient module a library entry holds."""
+    return ".*" in self.trainable
+
+  @property
   def entry_method(self) -> str:
     """The library method of the run's entry: "prompt", "selective" or the PEFT method."""
     if self.trained_method == "prompt" and not self.is_prompt_run:

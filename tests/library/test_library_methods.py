@@ -98,6 +98,18 @@ def test_add_from_a_lora_run_checkpoint_and_a_selective_run(lora_run, tmp_path):
   assert all("layer_norm" in k or "norm" in k for k in shapes), sorted(shapes)
 
 
+def test_a_model_tuning_run_is_refused_naming_it_before_reading_a_checkpoint(tmp_path):
+  run = tmp_path / "model_tuned"
+  run.mkdir()
+  (run / "run.json").write_text(json.dumps({"method": "prompt", "trainable": [".*"],
+                                            "task": "t", "model_config": {"emb_dim": 8}}))
+  for flag, where in (("--from-model-dir", run), ("--from-t5x", run / "checkpoint_4")):
+    rc, _, err = _cli("--library", tmp_path / "lib", "add", "whole", flag, where,
+                      "--model", MODEL)
+    assert rc == 2 and f"{where} is a model-tuning run (TRAINABLE='all')" in err, err
+  assert not (tmp_path / "lib" / "whole").exists()
+
+
 def test_prompt_entries_are_written_as_before_and_old_entries_read(tmp_path, make_prompt):
   lib = PromptLibrary(tmp_path / "lib")
   lib.add("p", make_prompt(0), model=MODEL)
