@@ -105,6 +105,13 @@ def _finished(model_dir: epath.PathLike, steps: int) -> bool:
   return bool(found) and max(found) >= steps
 
 
+def upstream_seeds(base: settings_lib.TrainSettings, spec: UpstreamSpec) -> tuple[int, int]:
+  """(init seed, data seed) of the upstream run: the train flags' INIT_SEED / DATA_SEED
+  where given, else --seed."""
+  return (spec.seed if base.init_seed is None else int(base.init_seed),
+          spec.seed if base.data_seed is None else int(base.data_seed))
+
+
 def multitask_settings(base: settings_lib.TrainSettings, spec: UpstreamSpec,
                        model_dir: str) -> settings_lib.TrainSettings:
   """`base` trained on an examples-proportional mixture of the upstream tasks."""
@@ -112,10 +119,11 @@ def multitask_settings(base: settings_lib.TrainSettings, spec: UpstreamSpec,
   from spot.workflows import targeted  # pylint: disable=g-import-not-at-top
   module, data_dir = targeted.data_settings(base)
   name, _ = targeted.register_mixture(list(spec.tasks), module=module, data_dir=data_dir)
-  data = dataclasses.replace(base.train_dataset_cfg, mixture_or_task_name=name, seed=spec.seed)
+  seeded = settings_lib.with_seeds(base, spec.seed, base.init_seed, base.data_seed)
+  data = dataclasses.replace(seeded.train_dataset_cfg, mixture_or_task_name=name)
   ckpt = base.checkpoint_cfg or trainer.CheckpointConfig()
   return settings_lib.for_run(
-      base, model_dir=model_dir, train_steps=spec.steps, seed=spec.seed, train_dataset_cfg=data,
+      seeded, model_dir=model_dir, train_steps=spec.steps, train_dataset_cfg=data,
       eval_cfg=None, checkpoint_cfg=dataclasses.replace(ckpt, save_numpy=True),
       method="crossfit_multitask")
 
@@ -134,9 +142,10 @@ def task_batches(base: settings_lib.TrainSettings, task: str, batch_size: int,
     yield model.model_features(batch)
 
 
-def meta_batch_tasks(spec: UpstreamSpec, step: int) -> list[int]:
-  """Indices of the tasks of outer step `step` (a function of seed and step)."""
-  rng = np.random.RandomState([spec.seed, step])
+def meta_batch_tasks(spec: UpstreamSpec, step: int, seed: Optional[int] = None) -> list[int]:
+  """Indices of the tasks of outer step `step` (a function of the data seed and step;
+  `seed` default: spec.seed)."""
+  rng = np.random.RandomState([spec.seed if seed is None else seed, step])
   return sorted(rng.choice(len(spec.tasks), spec.tasks_per_meta_batch, replace=False).tolist())
 
 
@@ -145,74 +154,131 @@ def run_fomaml(base: settings_lib.TrainSettings, spec: UpstreamSpec, model_dir: 
   """First-order MAML upstream; saves the trainable parameters as a run. Returns the losses.
 
   Each outer step draws `tasks_per_meta_batch` tasks; each gives a support and
-  then a query batch of `inner_batch_size` from its own data stream. The final
-  state is saved as a committed run checkpoint (step `spec.steps`) with numpy
-  exports of the prompt and run.json, like a trainer run. A killed run starts over.
-  The outer step is jitted on the default devices (not the trainer's mesh).
+  then a query batch of `inner_batch_size` from its own data stream. The initial
+  trainable values follow the init seed, the task draws, data order and dropout
+  the data seed (`upstream_seeds`). Every CHECKPOINT_PERIOD outer steps, and at
+  the end, the state is saved as a committed run checkpoint (the last at step
+  `spec.steps`, with numpy exports of the prompt and run.json, like a trainer
+  run); a killed run resumes from its latest checkpoint, each task's data
+  stream advanced past the batches already used, so it ends where an
+  uninterrupted run would. The outer step is jitted on the default devices
+  (not the trainer's mesh).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  from spot.train import checkpointing  # pylint: disable=g-import-not-at-top
   from spot.train import maml  # pylint: disable=g-import-not-at-top
   from spot.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from spot.train import trainable as trainable_lib  # pylint: disable=g-import-not-at-top
   model = base.model
-  params = state_lib.initial_params(model, _absolute(base.initial_checkpoint_path), spec.seed)
+  init_seed, data_seed = upstream_seeds(base, spec)
+  params = state_lib.initial_params(model, _absolute(base.initial_checkpoint_path), init_seed)
   trainable, frozen = trainable_lib.split(params, base.trainable)
   del params
   tx = optax.adam(spec.outer_lr)
   step_fn = maml.make_outer_step(model, tx, inner_lr=spec.inner_lr, inner_steps=spec.inner_steps,
                                  use_dropout=model.config.dropout_rate > 0)
-  streams = [task_batches(base, t, spec.inner_batch_size, spec.seed) for t in spec.tasks]
   state = maml.init_state(trainable, tx)
-  rng, history, start = jax.random.PRNGKey(spec.seed), [], time.perf_counter()
-  for step in range(spec.steps):
-    chosen = meta_batch_tasks(spec, step)
-    pairs = [(next(streams[i]), next(streams[i])) for i in chosen]
-    state, metrics = step_fn(state, frozen, maml.stack_tasks([s for s, _ in pairs]),
-                             maml.stack_tasks([q for _, q in pairs]), rng)
-    record = {"step": step + 1, "tasks": [spec.tasks[i] for i in chosen],
-              **{k: float(v) for k, v in metrics.items()}}
-    if not all(math.isfinite(record[k]) for k in ("support_loss", "query_loss")):
-      raise errors.DivergedError(f"first-order MAML diverged at outer step {step + 1} "
-                                 f"({record}); lower --inner-lr or --outer-lr.")
-    history.append(record)
-    if (step + 1) % log_every == 0 or step + 1 == spec.steps:
-      rate = (step + 1) / max(time.perf_counter() - start, 1e-9)
-      log(f"[fomaml {step + 1}/{spec.steps}] query loss {record['query_loss']:.4f} "
-          f"support loss {record['support_loss']:.4f} ({rate:.2f} steps/s)")
+  period = (base.checkpoint_cfg.period if base.checkpoint_cfg is not None else 0) or spec.steps
+  ckpt = checkpointing.RunCheckpointer(model_dir, keep=1, writer=True)
+  try:
+    ckpt.set_aside_incomplete()
+    state, history = _resume(ckpt, base, spec, state, log)
+    done = int(state.step)
+    streams = [task_batches(base, t, spec.inner_batch_size, data_seed) for t in spec.tasks]
+    for step in range(done):  # skip the support and query batches the resumed steps used
+      for i in meta_batch_tasks(spec, step, data_seed):
+        next(streams[i]), next(streams[i])
+    rng, start = jax.random.PRNGKey(data_seed), time.perf_counter()
+    for step in range(done, spec.steps):
+      chosen = meta_batch_tasks(spec, step, data_seed)
+      pairs = [(next(streams[i]), next(streams[i])) for i in chosen]
+      state, metrics = step_fn(state, frozen, maml.stack_tasks([s for s, _ in pairs]),
+                               maml.stack_tasks([q for _, q in pairs]),
+                               jax.random.fold_in(rng, step))
+      record = {"step": step + 1, "tasks": [spec.tasks[i] for i in chosen],
+                **{k: float(v) for k, v in metrics.items()}}
+      if not all(math.isfinite(record[k]) for k in ("support_loss", "query_loss")):
+        raise errors.DivergedError(f"first-order MAML diverged at outer step {step + 1} "
+                                   f"({record}); lower --inner-lr or --outer-lr.")
+      history.append(record)
+      if (step + 1) % log_every == 0 or step + 1 == spec.steps:
+        rate = (step + 1 - done) / max(time.perf_counter() - start, 1e-9)
+        log(f"[fomaml {step + 1}/{spec.steps}] query loss {record['query_loss']:.4f} "
+            f"support loss {record['support_loss']:.4f} ({rate:.2f} steps/s)")
+      if (step + 1) % period == 0 and step + 1 < spec.steps:
+        _save_state(ckpt, base, spec, step + 1, state, history)
+    if done < spec.steps:
+      _save_state(ckpt, base, spec, spec.steps, state, history)
+  finally:
+    ckpt.close()
   _save_run(base, spec, model_dir, state, frozen)
   return history
 
 
-def _save_run(base: settings_lib.TrainSettings, spec: UpstreamSpec, model_dir: str,
-              state: Any, frozen: Any) -> None:
-  """The MAML state as a trainer run: committed checkpoint, numpy exports, run.json."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from spot.train import checkpointing  # pylint: disable=g-import-not-at-top
+def _run_meta(base: settings_lib.TrainSettings, spec: UpstreamSpec, trained: Any
+              ) -> dict[str, Any]:
+  """What the upstream run records about itself (checkpoint meta and run.json)."""
   from spot.train import trainable as trainable_lib  # pylint: disable=g-import-not-at-top
   from spot.train import trainer  # pylint: disable=g-import-not-at-top
-  from spot.train.train_state import TrainState  # pylint: disable=g-import-not-at-top
   model = base.model
-  trained = jax.tree_util.tree_map(np.asarray, state.trainable)
-  meta = {"base_checkpoint": _absolute(base.initial_checkpoint_path),
+  init_seed, data_seed = upstream_seeds(base, spec)
+  return {"base_checkpoint": _absolute(base.initial_checkpoint_path),
           "model_config": model.config.to_dict(), "prompt_length": model.prompt_length,
           "trainable": list(trainable_lib.resolve(base.trainable)),
           "trainable_shapes": trainer.trainable_shapes(trained),
-          "task": "+".join(spec.tasks), "seed": spec.seed,
+          "task": "+".join(spec.tasks), "seed": spec.seed, "init_seed": init_seed,
+          "data_seed": data_seed,
           "method": "prompt" if model.peft is None else model.peft.method,
           "peft": None if model.peft is None else model.peft.to_dict(),
           "upstream": spec.to_json()}
-  ckpt = checkpointing.RunCheckpointer(model_dir, keep=1, writer=True)
-  try:
-    ckpt.save(spec.steps, TrainState(step=np.asarray(spec.steps, np.int32), trainable=trained,
-                                     opt_state=jax.tree_util.tree_map(np.asarray,
-                                                                      state.opt_state)), meta)
-  finally:
-    ckpt.close()
-  if model.prompt is not None:
+
+
+def _save_state(ckpt: Any, base: settings_lib.TrainSettings, spec: UpstreamSpec, step: int,
+                state: Any, history: list[dict]) -> None:
+  """The MAML state at outer step `step` as a committed run checkpoint (its losses in meta)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spot.train.train_state import TrainState  # pylint: disable=g-import-not-at-top
+  trained = jax.tree_util.tree_map(np.asarray, state.trainable)
+  ckpt.save(step, TrainState(step=np.asarray(step, np.int32), trainable=trained,
+                             opt_state=jax.tree_util.tree_map(np.asarray, state.opt_state)),
+            dict(_run_meta(base, spec, trained), step=step, upstream_losses=history))
+
+
+def _resume(ckpt: Any, base: settings_lib.TrainSettings, spec: UpstreamSpec, state: Any,
+            log: Callable[[str], None]) -> tuple[Any, list[dict]]:
+  """(state, losses so far) of the latest checkpoint of an interrupted run, or the fresh
+  `state` and []; refuses a checkpoint of other upstream settings."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from spot.train import maml  # pylint: disable=g-import-not-at-top
+  from spot.train.train_state import TrainState  # pylint: disable=g-import-not-at-top
+  step = ckpt.latest_step()
+  if step is None:
+    return state, []
+  meta = ckpt.read_meta(step)
+  if meta.get("upstream") != spec.to_json() or meta.get("trainable") != _run_meta(
+      base, spec, state.trainable)["trainable"]:
+    raise errors.ConfigError(
+        f"{ckpt.model_dir} holds an upstream run of other settings ({meta.get('upstream')}); "
+        "rerun with those settings, or use a new --dir.")
+  abstract = TrainState(step=np.asarray(0, np.int32), trainable=state.trainable,
+                        opt_state=state.opt_state)
+  restored, _ = ckpt.restore(abstract, step)
+  log(f"upstream: resuming first-order MAML from outer step {step} of {spec.steps}")
+  return (maml.MamlState(jnp.asarray(restored.step, jnp.int32), restored.trainable,
+                         restored.opt_state), list(meta.get("upstream_losses") or []))
+
+
+def _save_run(base: settings_lib.TrainSettings, spec: UpstreamSpec, model_dir: str,
+              state: Any, frozen: Any) -> None:
+  """The numpy prompt exports, run.json and config.gin of the finished MAML run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from spot.train import trainable as trainable_lib  # pylint: disable=g-import-not-at-top
+  trained = jax.tree_util.tree_map(np.asarray, state.trainable)
+  if base.model.prompt is not None:
     run_dir.save_prompt_numpy(model_dir, spec.steps, trained)
   run_dir.write_run_json(model_dir, dict(
-      meta, trainable_params=trainable_lib.paths(trained),
+      _run_meta(base, spec, trained), trainable_params=trainable_lib.paths(trained),
       num_trainable=trainable_lib.count(trained), num_frozen=trainable_lib.count(frozen)))
   if base.gin_config:
     run_dir.write_config_gin(model_dir, base.gin_config)
@@ -227,7 +293,7 @@ def run_upstream(base: settings_lib.TrainSettings, spec: UpstreamSpec, study_dir
   model_dir = upstream_dir(study)
   record = {"spec": spec.to_json()}
   path = study / UPSTREAM_JSON
-  if _finished(model_dir, spec.steps):
+  if _finished(model_dir, spec.steps) and path.exists():
     log(f"upstream {model_dir} is finished ({spec.steps} steps); skipped")
     return model_dir
   study.mkdir(parents=True, exist_ok=True)

