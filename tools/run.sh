@@ -3,7 +3,8 @@
 # test extras from PyPI at the versions CI tested (constraints.txt), then runs
 # `spot demo ...` or the test suite.
 #   bash tools/run.sh demo [--quick] [--out DIR] [--seed N]
-#   bash tools/run.sh test [--slow] [pytest args]   (--slow: also the journeys, as CI)
+#   bash tools/run.sh test [--slow] [pytest args]   (--slow: also the journeys, as CI;
+#   SPOT_TEST_WORKERS=N: N worker processes, default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -19,6 +20,8 @@ fi
 cmd="${1:-test}"; shift || true
 case "$cmd" in
   demo) exec .venv/bin/spot demo "$@" ;;
-  test) exec .venv/bin/python -m pytest tests "$@" ;;
+  # Test files are dealt to SPOT_TEST_WORKERS processes (default 2; 0: one process),
+  # each file whole to one worker, so module fixtures are built once.
+  test) exec .venv/bin/python -m pytest tests -n "${SPOT_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) echo "usage: bash tools/run.sh demo|test [args]" >&2; exit 2 ;;
 esac
