@@ -21,7 +21,8 @@ LOCAL_LANGUAGES = [c for c in languages.WIKILINGUA_CODES if c not in ("tr", "vi"
 
 @pytest.fixture(scope="module")
 def wikilingua():
-  import spot.tasks.wikilingua as module  # registers the TFDS defaults
+  import spot.tasks.wikilingua as module  # registers the TFDS defaults on first import
+  module.register_all()  # again: an earlier test in this process may have made them local
   return module
 
 
