@@ -184,6 +184,7 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   (IA)3, adapters, BitFit, selective tuning, ...) an entry of its trained
   parameters and config."""
   step, run_dir, meta, params = args.step, None, {}, None
+  run = sources.RunRecord()  # what the run's files say (none for --prompt)
   if args.best and not args.from_model_dir:
     raise LibraryUsageError("--best needs --from-model-dir DIR (the run whose best step to "
                             "take).")
@@ -197,8 +198,9 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
   elif args.from_model_dir:
     run_dir = sources.absolute(args.from_model_dir)
     step = sources.best_step(run_dir) if args.best else args.step
-    _refuse_model_tuning(sources.read_run(run_dir), args.from_model_dir)
-    if sources.read_run(run_dir).is_prompt_run:
+    run = sources.read_run(run_dir)
+    _refuse_model_tuning(run, args.from_model_dir)
+    if run.is_prompt_run:
       prompt, step = sources.model_dir_prompt(run_dir, step, args.variable)
     else:  # another method: its whole trained (checkpointed) parameter tree
       params, step = sources.model_dir_trainable(run_dir, step)
@@ -211,13 +213,13 @@ def _add(lib: PromptLibrary, args: argparse.Namespace) -> Any:
     else:
       run_dir = str(fs.path(ckpt).parent)
       default_step = sources.checkpoint_step(ckpt)
-    _refuse_model_tuning(sources.read_run(run_dir, meta), args.from_t5x)
-    if meta and not sources.read_run(run_dir, meta).is_prompt_run:
+    run = sources.read_run(run_dir, meta)
+    _refuse_model_tuning(run, args.from_t5x)
+    if meta and not run.is_prompt_run:
       params = sources.run_checkpoint_trainable(ckpt)
     else:
       prompt = sources.t5x_prompt(ckpt, args.variable)
     step = step if step is not None else meta.get("step", default_step)
-  run = sources.read_run(run_dir, meta) if run_dir else sources.RunRecord()
   if args.gin_config:
     gin = fs.path(sources.absolute(args.gin_config)).read_text()
   else:

@@ -251,13 +251,14 @@ def _resume(ckpt: Any, base: settings_lib.TrainSettings, spec: UpstreamSpec, sta
   `state` and []; refuses a checkpoint of other upstream settings."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from spot.train import maml  # pylint: disable=g-import-not-at-top
+  from spot.train import trainable as trainable_lib  # pylint: disable=g-import-not-at-top
   from spot.train.train_state import TrainState  # pylint: disable=g-import-not-at-top
   step = ckpt.latest_step()
   if step is None:
     return state, []
   meta = ckpt.read_meta(step)
-  if meta.get("upstream") != spec.to_json() or meta.get("trainable") != _run_meta(
-      base, spec, state.trainable)["trainable"]:
+  if (meta.get("upstream") != spec.to_json()
+      or meta.get("trainable") != list(trainable_lib.resolve(base.trainable))):
     raise errors.ConfigError(
         f"{ckpt.model_dir} holds an upstream run of other settings ({meta.get('upstream')}); "
         "rerun with those settings, or use a new --dir.")

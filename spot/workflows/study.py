@@ -258,18 +258,13 @@ def write_spec(study_dir: epath.PathLike, spec: StudySpec) -> StudySpec:
 def check_library_sources(spec: StudySpec, base: settings_lib.TrainSettings) -> None:
   """Refuses library sources that are not prompts, or prompts for another base model,
   naming them all, before any run trains."""
-  from spot.library.entry import check_prompt_entry, check_run_model  # pylint: disable=g-import-not-at-top
+  from spot.library.entry import check_run_model  # pylint: disable=g-import-not-at-top
   from spot.library.errors import MethodMismatchError, ModelMismatchError  # pylint: disable=g-import-not-at-top
   if not spec.library_sources:
     return
   lib, other = _library(spec), []
   entries = [lib.entry(name) for name in spec.library_sources]
-  not_prompts = []
-  for entry in entries:
-    try:
-      check_prompt_entry(entry)
-    except MethodMismatchError:
-      not_prompts.append(f"{entry.name} ({entry.method})")
+  not_prompts = [f"{e.name} ({e.method})" for e in entries if not e.is_prompt]
   if not_prompts:
     raise MethodMismatchError(
         f"library source(s) {', '.join(not_prompts)} hold another method's parameters, not "
