@@ -81,7 +81,8 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--zone", default=d.zone, help="tpu: its zone (default %(default)s)")
   p.add_argument("--hosts", default="", help="multinode: comma-separated machines")
   p.add_argument("--ssh-option", action="append", default=[], help="multinode: ssh option")
-  p.add_argument("--job-name", default=d.job_name, help="slurm: job name prefix")
+  p.add_argument("--job-name", default=d.job_name,
+                 help="slurm: job name prefix (default spot-study / spot-sweep)")
   p.add_argument("--partition", help="slurm partition")
   p.add_argument("--account", help="slurm account")
   p.add_argument("--time", default=d.time, help="slurm: time limit of one run")

@@ -49,7 +49,7 @@ class LaunchOptions:
     tpu_name / zone: the TPU VM (a `$VARIABLE` is left for the shell to expand).
     hosts / ssh_options: machines of `multinode`, and options passed to ssh.
     job_name, partition, account, time, gpus_per_node, cpus_per_task, log_dir:
-      the sbatch settings of `slurm` (one node per run).
+      the sbatch settings of `slurm` (one node per run; job_name None: spot-<recipe>).
   """
 
   venv: str = "~/spot-venv"
@@ -58,7 +58,7 @@ class LaunchOptions:
   zone: str = "$TPU_ZONE"
   hosts: tuple[str, ...] = ()
   ssh_options: tuple[str, ...] = ()
-  job_name: str = "spot-study"
+  job_name: Optional[str] = None
   partition: Optional[str] = None
   account: Optional[str] = None
   time: str = "24:00:00"
@@ -152,7 +152,7 @@ def multinode_lines(stages, study_dir: str, opts: LaunchOptions, recipe: str = "
 def _sbatch_job(i: int, stages, study_dir: str, opts: LaunchOptions, recipe: str
                 ) -> list[str]:
   """The batch script of stage i: an array of one task per run, as a quoted here-document."""
-  head = ["#!/bin/bash", f"#SBATCH --job-name={opts.job_name}-{i + 1}",
+  head = ["#!/bin/bash", f"#SBATCH --job-name={opts.job_name or 'spot-' + recipe}-{i + 1}",
           f"#SBATCH --array=0-{len(stages[i]) - 1}", "#SBATCH --nodes=1", "#SBATCH --ntasks=1",
           f"#SBATCH --gpus-per-node={opts.gpus_per_node}",
           f"#SBATCH --cpus-per-task={opts.cpus_per_task}", f"#SBATCH --time={opts.time}",
@@ -200,10 +200,7 @@ def render(stages: Sequence[Sequence[Any]], run_dir: str, launcher: str = "shell
   lines of `launcher`, each run started by `spot RECIPE run --dir RUN_DIR --only RUN_ID`."""
   if launcher not in RENDER:
     raise errors.UsageError(f"unknown launcher {launcher!r}; use one of {', '.join(LAUNCHERS)}.")
-  opts = opts or LaunchOptions()
-  if opts.job_name == LaunchOptions.job_name:
-    opts = dataclasses.replace(opts, job_name=f"spot-{recipe}")
-  return RENDER[launcher](stages, run_dir, opts, recipe)
+  return RENDER[launcher](stages, run_dir, opts or LaunchOptions(), recipe)
 
 
 def plan_lines(spec: study_lib.StudySpec, study_dir: str, launcher: str = "shell",
